@@ -1,0 +1,25 @@
+"""ldae: Latent Diffusion Autoencoders for 3D brain MRI, as a scikit-learn transformer.
+
+The data's path through the package::
+
+    imaging/         paths, images or arrays -> validated, preprocessed volumes
+    autoencoder/     stage 1: 3D AutoencoderKL, volume -> latent
+    diffusion/       stage 2: noise schedule, latent denoising UNet, DDIM sampler
+    representation/  stage 3: semantic encoder + gradient estimator (PDAE objective)
+    encoder.py       LDAEEncoder, the scikit-learn transformer that trains all three
+    stats.py, ...    analysis of the embeddings
+
+Heavy modules (torch, MONAI) are imported only when first used.
+"""
+
+__version__ = "0.1.0"
+
+__all__ = ["LDAEEncoder", "__version__"]
+
+
+def __getattr__(name):
+    if name == "LDAEEncoder":
+        from .encoder import LDAEEncoder
+
+        return LDAEEncoder
+    raise AttributeError(f"module 'ldae' has no attribute {name!r}")

@@ -1,0 +1,21 @@
+"""Exceptions raised by ldae.
+
+Every error caused by what the user passed names the offending file or argument,
+so that one bad scan among thousands can be found without a debugger.
+"""
+
+
+class LDAEError(Exception):
+    """Base class of every error raised on purpose by ldae."""
+
+
+class InputError(LDAEError, ValueError):
+    """An input (a file, an image, an array, a table or an argument) is unusable.
+
+    The message names the item (file path, argument name or position) and says
+    what is wrong with it.
+    """
+
+
+class CheckpointError(LDAEError, RuntimeError):
+    """A checkpoint is missing, truncated, corrupt or does not match the model."""
