@@ -1,0 +1,590 @@
+"""LDAEEncoder: the Latent Diffusion Autoencoder as a scikit-learn transformer."""
+
+import hashlib
+import json
+import time
+import warnings
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
+from sklearn.model_selection import GroupShuffleSplit
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted
+from torch.utils.data import DataLoader, Subset, TensorDataset
+
+from .autoencoder.network import build_autoencoder
+from .diffusion.schedule import NoiseSchedule
+from .diffusion.unet import build_latent_unet, check_latent_shape
+from .exceptions import CheckpointError, InputError
+from .imaging import Preprocessing, as_volume_dataset
+from .presets import ModelConfig, resolve_config
+from .representation.gradient_estimator import GradientEstimator
+from .representation.semantic_encoder import LatentSemanticEncoder, SliceSemanticEncoder
+from .training.checkpoint import StageCheckpoints, load_checkpoint, save_checkpoint
+from .training.device import autocast, resolve_device, resolve_precision
+from .training.loop import train_stage
+from .training.stages import (
+    as_volume_batch,
+    autoencoder_stage,
+    diffusion_stage,
+    encode_latents,
+    representation_stage,
+)
+
+NETWORKS = ("autoencoder_", "unet_", "semantic_encoder_", "estimator_")
+FILE_FORMAT = "ldae.LDAEEncoder"
+FILE_VERSION = 1
+
+
+class LDAEEncoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+    """Latent Diffusion Autoencoder (Lozupone et al. 2025) as a scikit-learn transformer.
+
+    ``fit`` trains three stages without labels: a 3D AutoencoderKL that compresses
+    each scan to a latent, an unconditional DDPM in that latent space, and a semantic
+    encoder with a gradient estimator trained with the PDAE objective so that the
+    embedding steers the diffusion. ``transform`` returns the semantic embedding of
+    each scan: a (n_scans, embedding_dim) array for linear probes, clustering,
+    longitudinal models, ...
+
+    Every parameter left at ``None`` takes the value of ``preset``
+    (see :mod:`ldae.presets`).
+
+    Parameters
+    ----------
+    preset : {"tiny", "small", "paper"}, default="small"
+        Architecture and training budget. "tiny" is for tests, "small" trains on a
+        CPU in minutes, "paper" is the published architecture (for GPUs).
+    image_shape : tuple of 3 int, optional
+        Grid (D, H, W) every scan is cropped/padded/resampled to.
+    embedding_dim : int, optional
+        Size of the semantic embedding.
+    semantic_encoder : {"latent", "slice"}, optional
+        "latent": a 3D CNN over the stage-1 latent (cheap). "slice": the paper's 2.5D
+        encoder, a 2D CNN over every axial slice with attention read-out.
+    ae_channels, unet_channels : tuple of int, optional
+        Channels per level of the autoencoder and of the latent denoiser.
+    ae_epochs, diffusion_epochs, representation_epochs : int, optional
+        Epochs of each stage.
+    batch_size : int, optional
+    ae_lr, diffusion_lr, representation_lr : float, optional
+        Adam learning rates of each stage.
+    ddim_steps : int, optional
+        DDIM steps of the generative methods.
+    adversarial_weight : float, optional
+        Weight of the LSGAN PatchGAN term of stage 1 (0 disables it).
+    preprocessing : ldae.imaging.Preprocessing, optional
+        How files and arrays become volumes (orientation, resampling, intensity
+        scaling, mask). Default: reorientation to RAS, crop/pad to ``image_shape``,
+        percentile scaling to [0, 1].
+    validation_fraction : float, default=0.2
+        Fraction of subjects held out to report a validation loss per epoch; only
+        used when ``groups`` are passed to ``fit``. Held-out scans are not trained on.
+    checkpoint_dir : str or Path, optional
+        Folder where each stage writes its weights when it completes (and every 10
+        epochs). A new ``fit`` with the same settings and data resumes from there.
+    cache_dir : str or Path, optional
+        Folder caching preprocessed volumes of files between passes.
+    device : str, default="auto"
+        "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
+    precision : {"auto", "bf16", "fp32"}, default="auto"
+        "auto" uses bfloat16 autocast on GPUs and on CPUs with native bf16.
+    num_workers : int, default=0
+        DataLoader worker processes that load and preprocess scans.
+    random_state : int, RandomState instance or None, default=None
+        Seeds initialisation, shuffling and diffusion noise. On the CPU, the same
+        integer gives the same embeddings.
+    verbose : int, default=0
+        1 or more shows a progress bar with the running loss for each stage.
+
+    Attributes
+    ----------
+    config_ : ModelConfig
+        The resolved settings.
+    preprocessing_ : Preprocessing
+    affine_ : ndarray of shape (4, 4)
+        Affine of the model grid; outputs saved as NIfTI use it.
+    scale_factor_ : float
+        1 / std of the training latents (z0 = scale_factor_ * latent).
+    autoencoder_, unet_, semantic_encoder_, estimator_ : torch.nn.Module
+        The trained networks (the EMA weights for the last three).
+    history_ : dict
+        Per stage, ``{"loss": [...], "val_loss": [...]}`` one value per epoch.
+    fit_seconds_ : dict
+        Wall time of each stage.
+    n_scans_ : int
+        Number of scans trained on.
+
+    Examples
+    --------
+    >>> from sklearn.pipeline import make_pipeline
+    >>> from sklearn.linear_model import LogisticRegression
+    >>> from ldae import LDAEEncoder
+    >>> model = make_pipeline(LDAEEncoder(preset="tiny", random_state=0), LogisticRegression())
+    """
+
+    def __init__(
+        self,
+        *,
+        preset="small",
+        image_shape=None,
+        embedding_dim=None,
+        semantic_encoder=None,
+        ae_channels=None,
+        unet_channels=None,
+        ae_epochs=None,
+        diffusion_epochs=None,
+        representation_epochs=None,
+        batch_size=None,
+        ae_lr=None,
+        diffusion_lr=None,
+        representation_lr=None,
+        ddim_steps=None,
+        adversarial_weight=None,
+        preprocessing=None,
+        validation_fraction=0.2,
+        checkpoint_dir=None,
+        cache_dir=None,
+        device="auto",
+        precision="auto",
+        num_workers=0,
+        random_state=None,
+        verbose=0,
+    ):
+        self.preset = preset
+        self.image_shape = image_shape
+        self.embedding_dim = embedding_dim
+        self.semantic_encoder = semantic_encoder
+        self.ae_channels = ae_channels
+        self.unet_channels = unet_channels
+        self.ae_epochs = ae_epochs
+        self.diffusion_epochs = diffusion_epochs
+        self.representation_epochs = representation_epochs
+        self.batch_size = batch_size
+        self.ae_lr = ae_lr
+        self.diffusion_lr = diffusion_lr
+        self.representation_lr = representation_lr
+        self.ddim_steps = ddim_steps
+        self.adversarial_weight = adversarial_weight
+        self.preprocessing = preprocessing
+        self.validation_fraction = validation_fraction
+        self.checkpoint_dir = checkpoint_dir
+        self.cache_dir = cache_dir
+        self.device = device
+        self.precision = precision
+        self.num_workers = num_workers
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------ fit
+
+    def fit(self, X, y=None, groups=None):
+        """Train the three stages on the scans ``X``.
+
+        Parameters
+        ----------
+        X : list of paths or nibabel images, pandas Series of paths, or ndarray
+            Scans: NIfTI files, images, or an array (n, D, H, W) / (n, 1, D, H, W).
+        y : ignored
+            Present for pipeline compatibility; training uses no labels.
+        groups : array-like of shape (n_scans,), optional
+            Subject of each scan. When given, ``validation_fraction`` of the subjects
+            is held out to report a validation loss.
+
+        Returns
+        -------
+        self : LDAEEncoder
+        """
+        config = self._resolve_config()
+        self._check_runtime_params()
+        preprocessing = self._resolve_preprocessing(config)
+        dataset = as_volume_dataset(X, preprocessing, cache_dir=self.cache_dir)
+        device = resolve_device(self.device)
+        dtype = resolve_precision(self.precision, device)
+        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        train_index, val_index = self._split(len(dataset), groups, seed)
+        checkpoints = self._checkpoints(config, preprocessing, dataset, seed, train_index)
+
+        self.config_ = config
+        self.preprocessing_ = preprocessing
+        self.affine_ = np.asarray(dataset.affine, dtype=float)
+        self.history_, self.fit_seconds_ = {}, {}
+        with torch.random.fork_rng(devices=[]):
+            self._fit_stages(dataset, train_index, val_index, device, dtype, seed, checkpoints)
+        self.n_scans_ = len(train_index)
+        self._n_features_out = config.embedding_dim
+        return self
+
+    def _fit_stages(self, dataset, train_index, val_index, device, dtype, seed, checkpoints):
+        config = self.config_
+        schedule = NoiseSchedule()
+        loaders = _LoaderFactory(config.batch_size, self.num_workers, seed)
+
+        torch.manual_seed(seed)
+        autoencoder = _build_autoencoder(config).to(device)
+        self._run_stage(
+            {"autoencoder": autoencoder},
+            lambda: autoencoder_stage(autoencoder, config, device, dtype),
+            loaders.volumes(dataset, train_index), loaders.volumes(dataset, val_index),
+            checkpoints, device, seed,
+        )
+        latents = encode_latents(autoencoder, loaders.in_order(dataset), device, dtype)
+        self.scale_factor_ = float(1.0 / latents[train_index].std())
+        z0 = latents * self.scale_factor_
+
+        torch.manual_seed(seed + 1)
+        unet = _build_unet(config).to(device)
+        self._run_stage(
+            {"unet": unet}, lambda: diffusion_stage(unet, schedule, config, device, dtype),
+            loaders.tensors(z0, train_index), loaders.tensors(z0, val_index),
+            checkpoints, device, seed,
+        )
+
+        torch.manual_seed(seed + 2)
+        semantic_encoder = _build_semantic_encoder(config).to(device)
+        estimator = GradientEstimator(unet, config.embedding_dim).to(device)
+        image_input = config.semantic_encoder == "slice"
+        self._run_stage(
+            {"semantic_encoder": semantic_encoder, "estimator": estimator},
+            lambda: representation_stage(unet, estimator, semantic_encoder, schedule, config,
+                                         device, dtype),
+            loaders.pairs(z0, dataset, train_index, image_input),
+            loaders.pairs(z0, dataset, val_index, image_input),
+            checkpoints, device, seed,
+        )
+        self.autoencoder_ = _frozen(autoencoder)
+        self.unet_ = _frozen(unet)
+        self.semantic_encoder_ = _frozen(semantic_encoder)
+        self.estimator_ = _frozen(estimator)
+
+    def _run_stage(self, networks, make_stage, train_loader, val_loader, checkpoints, device, seed):
+        """Train one stage, or load it when a checkpoint of this fit completed it.
+
+        Afterwards ``networks`` hold the weights used downstream (EMA weights for the
+        networks the stage averages).
+        """
+        stage = make_stage()
+        completed = checkpoints.load(stage.name) if checkpoints is not None else None
+        if completed is not None:
+            for key, network in networks.items():
+                network.load_state_dict(completed["weights"][key])
+            self.history_[stage.name] = completed["history"]
+            self.fit_seconds_[stage.name] = completed["seconds"]
+            return
+        start = time.perf_counter()
+        generator = torch.Generator(device=device).manual_seed(seed + len(self.history_))
+        history = train_stage(stage, train_loader, val_loader, generator=generator,
+                              checkpoints=checkpoints, verbose=self.verbose)
+        for key, average in stage.averages.items():
+            networks[key].load_state_dict(average.module.state_dict())
+        self.history_[stage.name] = history
+        self.fit_seconds_[stage.name] = time.perf_counter() - start
+        if checkpoints is not None:
+            weights = {key: network.state_dict() for key, network in networks.items()}
+            checkpoints.save(stage.name, {"weights": weights, "history": history,
+                                          "seconds": self.fit_seconds_[stage.name]})
+
+    # ------------------------------------------------------------ transform
+
+    def transform(self, X):
+        """Semantic embedding of each scan.
+
+        Parameters
+        ----------
+        X : list of paths or nibabel images, pandas Series of paths, or ndarray
+            Same kinds as in :meth:`fit`.
+
+        Returns
+        -------
+        ndarray of shape (n_scans, embedding_dim), float32
+        """
+        check_is_fitted(self)
+        dataset = as_volume_dataset(X, self.preprocessing_, cache_dir=self.cache_dir)
+        return self._embed_dataset(dataset)
+
+    @torch.no_grad()
+    def _embed_dataset(self, dataset):
+        device = next(self.semantic_encoder_.parameters()).device
+        dtype = resolve_precision(self.precision, device)
+        loader = DataLoader(dataset, batch_size=self.config_.batch_size * 2,
+                            num_workers=self.num_workers)
+        embeddings = []
+        for batch in loader:
+            volumes = as_volume_batch(batch, device)
+            with autocast(device, dtype):
+                if self.config_.semantic_encoder == "latent":
+                    mean, _ = self.autoencoder_.encode(volumes)
+                    embedding = self.semantic_encoder_(mean.float() * self.scale_factor_)
+                else:
+                    embedding = self.semantic_encoder_(volumes)
+            embeddings.append(embedding.float().cpu())
+        return torch.cat(embeddings).numpy()
+
+    # ---------------------------------------------------------- persistence
+
+    def save(self, path):
+        """Write the fitted model to ``path`` (atomically) in a format whose loading
+        executes no code: tensors and plain Python values only.
+
+        Parameters
+        ----------
+        path : str or Path
+        """
+        check_is_fitted(self)
+        save_checkpoint(
+            {
+                "format": FILE_FORMAT,
+                "version": FILE_VERSION,
+                "params": _plain_params(self.get_params()),
+                "preprocessing": self.preprocessing_.to_dict(),
+                "fitted": self._fitted_values(),
+                "weights": self._cpu_weights(),
+            },
+            path,
+        )
+
+    @classmethod
+    def load(cls, path):
+        """Read a model written by :meth:`save`; weights land on the CPU.
+
+        Parameters
+        ----------
+        path : str or Path
+
+        Returns
+        -------
+        LDAEEncoder
+        """
+        payload = load_checkpoint(path)
+        if not isinstance(payload, dict) or payload.get("format") != FILE_FORMAT:
+            raise CheckpointError(f"{path} is not a model saved by LDAEEncoder.save")
+        if payload["version"] > FILE_VERSION:
+            raise CheckpointError(
+                f"{path} was written by a newer ldae (file version {payload['version']})")
+        model = cls(**payload["params"])
+        if model.preprocessing is None or isinstance(model.preprocessing, dict):
+            model.preprocessing = None
+        model.preprocessing_ = Preprocessing.from_dict(payload["preprocessing"])
+        fitted = payload["fitted"]
+        model.config_ = ModelConfig(**{key: tuple(value) if isinstance(value, list) else value
+                                       for key, value in fitted.pop("config").items()})
+        model.affine_ = np.asarray(fitted.pop("affine"), dtype=float)
+        model.__dict__.update(fitted)
+        model._restore_networks(payload["weights"])
+        return model
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        if all(name in state for name in NETWORKS):
+            state["_weights"] = self._cpu_weights()
+            for name in NETWORKS:
+                del state[name]
+        return state
+
+    def __setstate__(self, state):
+        weights = state.pop("_weights", None)
+        super().__setstate__(state)
+        if weights is not None:
+            self._restore_networks(weights)
+
+    def _fitted_values(self):
+        return {
+            "config": self.config_.to_dict(),
+            "affine": self.affine_.tolist(),
+            "scale_factor_": self.scale_factor_,
+            "history_": self.history_,
+            "fit_seconds_": self.fit_seconds_,
+            "n_scans_": self.n_scans_,
+            "_n_features_out": self._n_features_out,
+        }
+
+    def _cpu_weights(self):
+        return {name: {key: value.detach().cpu() for key, value in getattr(self, name).state_dict().items()}
+                for name in NETWORKS}
+
+    def _restore_networks(self, weights):
+        device = self._inference_device()
+        autoencoder = _build_autoencoder(self.config_)
+        unet = _build_unet(self.config_)
+        semantic_encoder = _build_semantic_encoder(self.config_)
+        autoencoder.load_state_dict(weights["autoencoder_"])
+        unet.load_state_dict(weights["unet_"])
+        semantic_encoder.load_state_dict(weights["semantic_encoder_"])
+        estimator = GradientEstimator(unet, self.config_.embedding_dim)
+        estimator.load_state_dict(weights["estimator_"])
+        for name, network in zip(NETWORKS, (autoencoder, unet, semantic_encoder, estimator)):
+            setattr(self, name, _frozen(network.to(device)))
+
+    def _inference_device(self):
+        """The device to restore weights on: the asked one when it exists, else the CPU."""
+        wants_gpu = self.device == "auto" or str(self.device).startswith("cuda")
+        return torch.device("cuda" if wants_gpu and torch.cuda.is_available() else "cpu")
+
+    # ------------------------------------------------------------- helpers
+
+    def __sklearn_is_fitted__(self):
+        return all(hasattr(self, name) for name in NETWORKS)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.three_d_array = True
+        tags.transformer_tags.preserves_dtype = []
+        tags.non_deterministic = self.random_state is None
+        return tags
+
+    def _resolve_config(self):
+        return resolve_config(
+            self.preset,
+            image_shape=self.image_shape,
+            embedding_dim=self.embedding_dim,
+            semantic_encoder=self.semantic_encoder,
+            ae_channels=self.ae_channels,
+            unet_channels=self.unet_channels,
+            ae_epochs=self.ae_epochs,
+            diffusion_epochs=self.diffusion_epochs,
+            representation_epochs=self.representation_epochs,
+            batch_size=self.batch_size,
+            ae_lr=self.ae_lr,
+            diffusion_lr=self.diffusion_lr,
+            representation_lr=self.representation_lr,
+            ddim_steps=self.ddim_steps,
+            adversarial_weight=self.adversarial_weight,
+        )
+
+    def _check_runtime_params(self):
+        if not 0 <= self.validation_fraction < 1:
+            raise InputError(f"validation_fraction={self.validation_fraction} must be in [0, 1)")
+        if int(self.num_workers) != self.num_workers or self.num_workers < 0:
+            raise InputError(f"num_workers={self.num_workers} must be a non-negative integer")
+
+    def _resolve_preprocessing(self, config):
+        if self.preprocessing is None:
+            return Preprocessing(target_shape=config.image_shape)
+        if not isinstance(self.preprocessing, Preprocessing):
+            raise InputError(
+                f"preprocessing must be an ldae.imaging.Preprocessing, got {type(self.preprocessing).__name__}")
+        if tuple(self.preprocessing.target_shape) != tuple(config.image_shape):
+            raise InputError(
+                f"preprocessing.target_shape={self.preprocessing.target_shape} differs from the "
+                f"model's image_shape={config.image_shape}")
+        return self.preprocessing
+
+    def _split(self, n_scans, groups, seed):
+        """Indices of the training and validation scans (validation: whole subjects)."""
+        everything = np.arange(n_scans)
+        if groups is None or self.validation_fraction == 0:
+            return everything, None
+        groups = np.asarray(groups)
+        if groups.shape != (n_scans,):
+            raise InputError(f"groups has shape {groups.shape}; expected one subject per scan ({n_scans},)")
+        if len(np.unique(groups)) < 2:
+            warnings.warn("groups holds a single subject: no validation loss is reported", stacklevel=3)
+            return everything, None
+        splitter = GroupShuffleSplit(n_splits=1, test_size=self.validation_fraction,
+                                     random_state=seed)
+        train_index, val_index = next(splitter.split(everything, groups=groups))
+        return np.sort(train_index), np.sort(val_index)
+
+    def _checkpoints(self, config, preprocessing, dataset, seed, train_index):
+        if self.checkpoint_dir is None:
+            return None
+        settings = {
+            "config": config.to_dict(),
+            "preprocessing": preprocessing.to_dict(),
+            "seed": seed,
+            "train_index": train_index.tolist(),
+            "data": dataset.fingerprint(),
+        }
+        fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+        return StageCheckpoints(self.checkpoint_dir, fingerprint)
+
+
+class _LoaderFactory:
+    """DataLoaders of volumes, latents or (latent, volume) pairs with seeded shuffling."""
+
+    def __init__(self, batch_size, num_workers, seed):
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+
+    def _loader(self, dataset, shuffle):
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle,
+                          generator=generator, num_workers=self.num_workers)
+
+    def volumes(self, dataset, index):
+        if index is None:
+            return None
+        return self._loader(Subset(dataset, index.tolist()), shuffle=True)
+
+    def in_order(self, dataset):
+        return self._loader(dataset, shuffle=False)
+
+    def tensors(self, tensor, index):
+        if index is None:
+            return None
+        return self._loader(TensorDataset(tensor[torch.as_tensor(index)]), shuffle=True)
+
+    def pairs(self, latents, dataset, index, image_input):
+        if index is None:
+            return None
+        if not image_input:
+            return self.tensors(latents, index)
+        return self._loader(_LatentVolumePairs(latents, dataset, index), shuffle=True)
+
+
+class _LatentVolumePairs(torch.utils.data.Dataset):
+    """(z0, volume) of the scans at ``index``: the inputs of an image-space encoder."""
+
+    def __init__(self, latents, dataset, index):
+        self.latents, self.dataset, self.index = latents, dataset, index
+
+    def __len__(self):
+        return len(self.index)
+
+    def __getitem__(self, position):
+        item = int(self.index[position])
+        return self.latents[item], torch.as_tensor(self.dataset[item])
+
+
+def _build_autoencoder(config):
+    return build_autoencoder(channels=config.ae_channels, num_res_blocks=config.ae_res_blocks,
+                             latent_channels=config.latent_channels,
+                             norm_num_groups=config.ae_norm_groups)
+
+
+def _build_unet(config):
+    check_latent_shape(config.latent_shape[1:], config.unet_channels)
+    return build_latent_unet(latent_channels=config.latent_channels, channels=config.unet_channels,
+                             num_res_blocks=config.unet_res_blocks,
+                             attention_levels=config.unet_attention,
+                             num_head_channels=config.unet_head_channels,
+                             norm_num_groups=config.unet_norm_groups)
+
+
+def _build_semantic_encoder(config):
+    if config.semantic_encoder == "latent":
+        return LatentSemanticEncoder(latent_channels=config.latent_channels,
+                                     channels=config.encoder_channels,
+                                     embedding_dim=config.embedding_dim)
+    return SliceSemanticEncoder(embedding_dim=config.embedding_dim, channels=config.encoder_channels)
+
+
+def _frozen(network):
+    return network.eval().requires_grad_(False)
+
+
+def _plain_params(params):
+    """get_params() with values a weights-only checkpoint can hold."""
+    plain = {}
+    for key, value in params.items():
+        if key == "preprocessing" or key == "random_state" and not (value is None or isinstance(value, int)):
+            plain[key] = None
+        elif isinstance(value, tuple):
+            plain[key] = list(value)
+        elif value is None or isinstance(value, (bool, int, float, str, list)):
+            plain[key] = value
+        else:
+            plain[key] = str(value)
+    return plain

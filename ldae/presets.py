@@ -1,0 +1,162 @@
+"""Named model configurations of LDAEEncoder and how overrides combine with them.
+
+A preset fixes every architectural and training choice of the three stages; any
+LDAEEncoder parameter left at ``None`` takes the preset's value.
+
+- ``"tiny"``: 32x40x32 volumes, a few epochs. For tests: fits in seconds on a CPU.
+- ``"small"``: 32x40x32 volumes, networks and epochs sized so that a cohort of a few
+  hundred scans trains in minutes on two CPU cores. The default; what the demo uses.
+- ``"paper"``: the architecture of Lozupone et al. (2025) at 128x160x128: AutoencoderKL
+  (64, 128, 128, 128) with f = 8, latent UNet (256, 512, 768) with attention, and the
+  2.5D slice encoder with a 768-d embedding. Training it is for GPUs.
+"""
+
+from dataclasses import asdict, dataclass, replace
+
+from .exceptions import InputError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Every setting of the three stages, resolved from a preset and overrides."""
+
+    image_shape: tuple = (32, 40, 32)
+    # stage 1: AutoencoderKL
+    ae_channels: tuple = (8, 16, 32)
+    ae_res_blocks: int = 1
+    ae_norm_groups: int = 8
+    latent_channels: int = 3
+    kl_weight: float = 1e-7
+    adversarial_weight: float = 0.0
+    # stage 2: latent denoiser
+    unet_channels: tuple = (32, 64)
+    unet_res_blocks: int = 1
+    unet_attention: tuple = (False, False)
+    unet_head_channels: int = 32
+    unet_norm_groups: int = 8
+    # stage 3: semantic encoder
+    semantic_encoder: str = "latent"
+    encoder_channels: tuple = (32, 64)
+    embedding_dim: int = 32
+    # training
+    ae_epochs: int = 3
+    diffusion_epochs: int = 5
+    representation_epochs: int = 5
+    batch_size: int = 4
+    ae_lr: float = 1e-3
+    diffusion_lr: float = 1e-3
+    representation_lr: float = 1e-3
+    ema_decay: float = 0.999
+    # inference
+    ddim_steps: int = 10
+
+    @property
+    def latent_shape(self):
+        """Shape (C, d, h, w) of one scan's latent."""
+        factor = 2 ** (len(self.ae_channels) - 1)
+        return (self.latent_channels, *(size // factor for size in self.image_shape))
+
+    def to_dict(self):
+        """Plain-Python dictionary of the settings (lists for tuples)."""
+        return {key: list(value) if isinstance(value, tuple) else value
+                for key, value in asdict(self).items()}
+
+
+PRESETS = {
+    "tiny": ModelConfig(),
+    "small": ModelConfig(
+        ae_channels=(16, 32, 32),
+        unet_channels=(64, 128),
+        encoder_channels=(64, 128),
+        embedding_dim=64,
+        ae_epochs=25,
+        diffusion_epochs=60,
+        representation_epochs=60,
+        batch_size=8,
+        ae_lr=2e-3,
+        diffusion_lr=1e-3,
+        representation_lr=1e-3,
+        ddim_steps=20,
+    ),
+    "paper": ModelConfig(
+        image_shape=(128, 160, 128),
+        ae_channels=(64, 128, 128, 128),
+        ae_res_blocks=2,
+        ae_norm_groups=32,
+        adversarial_weight=0.025,
+        unet_channels=(256, 512, 768),
+        unet_res_blocks=2,
+        unet_attention=(False, True, True),
+        unet_head_channels=64,
+        unet_norm_groups=32,
+        semantic_encoder="slice",
+        encoder_channels=(32, 64, 128, 256),
+        embedding_dim=768,
+        ae_epochs=100,
+        diffusion_epochs=500,
+        representation_epochs=200,
+        batch_size=4,
+        ae_lr=1e-4,
+        diffusion_lr=1e-4,
+        representation_lr=1e-4,
+        ddim_steps=100,
+    ),
+}
+
+SEMANTIC_ENCODERS = ("latent", "slice")
+
+
+def resolve_config(preset, **overrides):
+    """Combine a preset with explicit overrides into a validated ModelConfig.
+
+    Parameters
+    ----------
+    preset : str
+        One of ``PRESETS``.
+    **overrides
+        Settings of :class:`ModelConfig`; ``None`` values are ignored.
+
+    Returns
+    -------
+    ModelConfig
+    """
+    if preset not in PRESETS:
+        raise InputError(f"preset={preset!r} is not one of {sorted(PRESETS)}")
+    given = {key: value for key, value in overrides.items() if value is not None}
+    for key, value in given.items():
+        if isinstance(value, list):
+            given[key] = tuple(value)
+    if "unet_channels" in given and "unet_attention" not in given:
+        given["unet_attention"] = (False,) * len(given["unet_channels"])
+    config = replace(PRESETS[preset], **given)
+    _validate(config)
+    return config
+
+
+def _validate(config):
+    if len(config.image_shape) != 3 or min(config.image_shape) < 1:
+        raise InputError(f"image_shape={config.image_shape} must be three positive sizes (D, H, W)")
+    factor = 2 ** (len(config.ae_channels) - 1)
+    if any(size % factor for size in config.image_shape):
+        raise InputError(
+            f"image_shape={config.image_shape} must divide by {factor}, the autoencoder's "
+            f"downsampling factor for ae_channels={config.ae_channels}"
+        )
+    if config.semantic_encoder not in SEMANTIC_ENCODERS:
+        raise InputError(
+            f"semantic_encoder={config.semantic_encoder!r} is not one of {SEMANTIC_ENCODERS}"
+        )
+    if len(config.unet_attention) != len(config.unet_channels):
+        raise InputError(
+            f"unet_attention={config.unet_attention} needs one entry per level of "
+            f"unet_channels={config.unet_channels}"
+        )
+    positive = ("embedding_dim", "batch_size", "ddim_steps", "latent_channels")
+    for name in positive:
+        if getattr(config, name) < 1:
+            raise InputError(f"{name}={getattr(config, name)} must be at least 1")
+    for name in ("ae_epochs", "diffusion_epochs", "representation_epochs"):
+        if getattr(config, name) < 0:
+            raise InputError(f"{name}={getattr(config, name)} must not be negative")
+    if config.ddim_steps > 1000:
+        raise InputError(f"ddim_steps={config.ddim_steps} cannot exceed the 1000 training steps")

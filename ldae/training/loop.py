@@ -1,0 +1,127 @@
+"""The epoch loop shared by the three stages: batches, validation, progress, resume."""
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from ..exceptions import LDAEError
+
+
+class TrainingDivergedError(LDAEError, FloatingPointError):
+    """A training loss became NaN or infinite."""
+
+
+@dataclass
+class Stage:
+    """What the loop needs to train one stage.
+
+    Attributes
+    ----------
+    name : str
+        ``"autoencoder"``, ``"diffusion"`` or ``"representation"``.
+    step : callable
+        ``step(batch, generator) -> float``: one optimisation step (forward,
+        backward, optimiser and EMA updates); returns the batch loss.
+    evaluate : callable
+        ``evaluate(batch, generator) -> float``: the loss without any update.
+    state : dict
+        Name -> object with ``state_dict``/``load_state_dict`` (networks,
+        optimisers, averaged networks): what a periodic checkpoint saves.
+    epochs : int
+    averages : dict
+        Network name -> AveragedModel whose EMA weights replace the trained ones
+        once the stage completes.
+    """
+
+    name: str
+    step: Callable
+    evaluate: Callable
+    state: dict
+    epochs: int
+    averages: dict = field(default_factory=dict)
+    history: dict = field(default_factory=lambda: {"loss": [], "val_loss": []})
+
+
+def optimisation_step(loss, optimizer, parameters, *, max_norm=1.0, averages=()):
+    """Backpropagate ``loss``, clip the gradient norm, step, and update EMAs."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+    optimizer.step()
+    for average, module in averages:
+        average.update_parameters(module)
+
+
+def train_stage(stage, train_loader, val_loader=None, *, generator, checkpoints=None,
+                checkpoint_every=10, verbose=0):
+    """Train ``stage`` for its epochs, resuming from a periodic checkpoint when one exists.
+
+    Parameters
+    ----------
+    stage : Stage
+    train_loader, val_loader : iterable of batches
+        ``val_loader`` may be None (no validation loss).
+    generator : torch.Generator
+        Source of the noise and time steps drawn by the losses; its state is
+        checkpointed so a resumed fit draws what the uninterrupted one would.
+    checkpoints : StageCheckpoints, optional
+    checkpoint_every : int
+        Write a periodic checkpoint every this many epochs.
+    verbose : int
+        0: silent; 1 or more: a progress bar with the running loss.
+
+    Returns
+    -------
+    dict
+        ``{"loss": [...], "val_loss": [...]}``, one mean value per epoch.
+    """
+    start = _resume(stage, generator, checkpoints)
+    progress = tqdm(range(start, stage.epochs), desc=stage.name, disable=not verbose,
+                    initial=start, total=stage.epochs, leave=verbose > 1)
+    for epoch in progress:
+        losses = [_checked(stage.step(batch, generator), stage.name, epoch) for batch in train_loader]
+        stage.history["loss"].append(float(sum(losses) / max(len(losses), 1)))
+        if val_loader is not None:
+            with torch.no_grad():
+                val = [stage.evaluate(batch, generator) for batch in val_loader]
+            stage.history["val_loss"].append(float(sum(val) / max(len(val), 1)))
+        progress.set_postfix(loss=f"{stage.history['loss'][-1]:.4f}")
+        done = epoch + 1
+        if checkpoints is not None and done % checkpoint_every == 0 and done < stage.epochs:
+            checkpoints.save(stage.name, _snapshot(stage, generator, done), partial=True)
+    progress.close()
+    return stage.history
+
+
+def _checked(loss, stage_name, epoch):
+    if not math.isfinite(loss):
+        raise TrainingDivergedError(
+            f"the {stage_name} loss became {loss} in epoch {epoch + 1}; lower its learning "
+            f"rate or use precision='fp32'"
+        )
+    return loss
+
+
+def _snapshot(stage, generator, epochs_done):
+    return {
+        "epochs_done": epochs_done,
+        "history": stage.history,
+        "generator": generator.get_state(),
+        "state": {name: item.state_dict() for name, item in stage.state.items()},
+    }
+
+
+def _resume(stage, generator, checkpoints):
+    if checkpoints is None:
+        return 0
+    snapshot = checkpoints.load(stage.name, partial=True)
+    if snapshot is None:
+        return 0
+    for name, item in stage.state.items():
+        item.load_state_dict(snapshot["state"][name])
+    generator.set_state(snapshot["generator"])
+    stage.history.update(snapshot["history"])
+    return int(snapshot["epochs_done"])

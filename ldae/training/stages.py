@@ -1,0 +1,135 @@
+"""The three LDAE training stages, each expressed as a :class:`~ldae.training.loop.Stage`.
+
+1. ``autoencoder``: AutoencoderKL on volumes, L1 + KL (+ optional LSGAN term).
+2. ``diffusion``: unconditional latent denoiser, ε-prediction MSE, EMA of its weights.
+3. ``representation``: semantic encoder + gradient estimator with the PDAE objective
+   against the frozen (EMA) denoiser, EMA of both.
+"""
+
+import torch
+
+from ..autoencoder.loss import AdversarialTerm, autoencoder_loss
+from ..diffusion.loss import diffusion_loss
+from ..representation.pdae import pdae_loss
+from .device import autocast
+from .ema import exponential_moving_average
+from .loop import Stage, optimisation_step
+
+
+def as_volume_batch(batch, device):
+    """(B, D, H, W) float volumes from a DataLoader -> (B, 1, D, H, W) on ``device``."""
+    if isinstance(batch, (list, tuple)):
+        batch = batch[0]
+    return batch.to(device, non_blocking=True).unsqueeze(1).float()
+
+
+def autoencoder_stage(autoencoder, config, device, dtype):
+    """Stage 1: train ``autoencoder`` (already on ``device``) on volume batches."""
+    optimizer = torch.optim.Adam(autoencoder.parameters(), lr=config.ae_lr)
+    state = {"autoencoder": autoencoder, "optimizer": optimizer}
+    adversary = None
+    if config.adversarial_weight > 0:
+        adversary = AdversarialTerm(weight=config.adversarial_weight).to(device)
+        adversary_optimizer = torch.optim.Adam(adversary.parameters(), lr=config.ae_lr)
+        state.update(adversary=adversary, adversary_optimizer=adversary_optimizer)
+
+    def step(batch, generator):
+        autoencoder.train()
+        x = as_volume_batch(batch, device)
+        with autocast(device, dtype):
+            loss, reconstruction = autoencoder_loss(autoencoder, x, kl_weight=config.kl_weight)
+            if adversary is not None:
+                loss = loss + adversary.generator_loss(reconstruction)
+        optimisation_step(loss, optimizer, autoencoder.parameters())
+        if adversary is not None:
+            with autocast(device, dtype):
+                critic_loss = adversary.discriminator_loss(reconstruction, x)
+            optimisation_step(critic_loss, adversary_optimizer, adversary.parameters())
+        return loss.item()
+
+    def evaluate(batch, generator):
+        autoencoder.eval()
+        with autocast(device, dtype):
+            loss, _ = autoencoder_loss(autoencoder, as_volume_batch(batch, device),
+                                       kl_weight=config.kl_weight)
+        return loss.item()
+
+    return Stage("autoencoder", step, evaluate, state, config.ae_epochs)
+
+
+@torch.no_grad()
+def encode_latents(autoencoder, loader, device, dtype):
+    """Posterior means μ of every volume in ``loader``, in order, as float32 on the CPU.
+
+    The mean (not a sample) is cached: it is the deterministic latent of a scan, so
+    the embedding of a scan does not depend on a random draw.
+    """
+    autoencoder.eval()
+    means = []
+    for batch in loader:
+        with autocast(device, dtype):
+            mean, _ = autoencoder.encode(as_volume_batch(batch, device))
+        means.append(mean.float().cpu())
+    return torch.cat(means)
+
+
+def diffusion_stage(unet, schedule, config, device, dtype):
+    """Stage 2: train the latent denoiser ``unet`` on batches of scaled latents z0."""
+    optimizer = torch.optim.Adam(unet.parameters(), lr=config.diffusion_lr)
+    average = exponential_moving_average(unet, config.ema_decay)
+
+    def loss_of(batch, generator):
+        with autocast(device, dtype):
+            return diffusion_loss(unet, batch[0].to(device), schedule, generator=generator)
+
+    def step(batch, generator):
+        unet.train()
+        loss = loss_of(batch, generator)
+        optimisation_step(loss, optimizer, unet.parameters(), averages=[(average, unet)])
+        return loss.item()
+
+    def evaluate(batch, generator):
+        unet.eval()
+        return loss_of(batch, generator).item()
+
+    state = {"unet": unet, "optimizer": optimizer, "unet_ema": average}
+    return Stage("diffusion", step, evaluate, state, config.diffusion_epochs,
+                 averages={"unet": average})
+
+
+def representation_stage(unet, estimator, semantic_encoder, schedule, config, device, dtype):
+    """Stage 3: train ``semantic_encoder`` and ``estimator`` against the frozen ``unet``.
+
+    Batches are ``(z0,)`` for an encoder over latents, ``(z0, volume)`` for one over images.
+    """
+    unet.requires_grad_(False).eval()
+    parameters = [*semantic_encoder.parameters(), *estimator.parameters()]
+    optimizer = torch.optim.Adam(parameters, lr=config.representation_lr)
+    encoder_average = exponential_moving_average(semantic_encoder, config.ema_decay)
+    estimator_average = exponential_moving_average(estimator, config.ema_decay)
+
+    def loss_of(batch, generator):
+        z0 = batch[0].to(device)
+        encoder_input = z0 if len(batch) == 1 else as_volume_batch(batch[1], device)
+        with autocast(device, dtype):
+            return pdae_loss(unet, estimator, semantic_encoder, z0, encoder_input, schedule,
+                             generator=generator)
+
+    def step(batch, generator):
+        semantic_encoder.train()
+        estimator.train()
+        loss = loss_of(batch, generator)
+        optimisation_step(loss, optimizer, parameters,
+                          averages=[(encoder_average, semantic_encoder),
+                                    (estimator_average, estimator)])
+        return loss.item()
+
+    def evaluate(batch, generator):
+        semantic_encoder.eval()
+        estimator.eval()
+        return loss_of(batch, generator).item()
+
+    state = {"semantic_encoder": semantic_encoder, "estimator": estimator, "optimizer": optimizer,
+             "semantic_encoder_ema": encoder_average, "estimator_ema": estimator_average}
+    return Stage("representation", step, evaluate, state, config.representation_epochs,
+                 averages={"semantic_encoder": encoder_average, "estimator": estimator_average})
