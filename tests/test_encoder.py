@@ -1,0 +1,295 @@
+"""LDAEEncoder as a scikit-learn transformer: API conformance, persistence, resume."""
+
+import pickle
+
+import joblib
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV, GroupKFold, StratifiedGroupKFold, cross_validate
+from sklearn.pipeline import Pipeline
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from ldae import LDAEEncoder
+from ldae.datasets import make_synthetic_cohort
+from ldae.exceptions import CheckpointError, InputError
+from ldae.training import stages
+
+FAST = dict(preset="tiny", ae_epochs=2, diffusion_epochs=2, representation_epochs=2)
+
+
+@pytest.fixture(scope="module")
+def cohort():
+    return make_synthetic_cohort(6, shape=(32, 40, 32), random_state=0)
+
+
+@pytest.fixture(scope="module")
+def fitted(cohort):
+    return LDAEEncoder(**FAST, random_state=0).fit(cohort.images)
+
+
+# ---------------------------------------------------------------- conformance
+
+
+class _EncoderWithTabularTags(LDAEEncoder):
+    """LDAEEncoder presented as accepting 2D X.
+
+    scikit-learn runs no check at all for an estimator whose tags say it does not
+    take 2D arrays; flipping that one tag makes every check run. The checks that
+    then fail do so because they feed tabular data, which LDAEEncoder rejects with
+    an InputError: they are listed in EXPECTED_FAILURES, the rest must pass.
+    """
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = True
+        return tags
+
+
+TABULAR = "feeds 2D tabular X; LDAEEncoder takes 3D volumes and rejects it with InputError"
+EXPECTED_FAILURES = {
+    name: TABULAR
+    for name in [
+        "check_fit_score_takes_y",
+        "check_estimators_overwrite_params",
+        "check_dont_overwrite_parameters",
+        "check_estimators_fit_returns_self",
+        "check_readonly_memmap_input",
+        "check_n_features_in_after_fitting",
+        "check_positive_only_tag_during_fit",
+        "check_estimators_dtypes",
+        "check_fit_check_is_fitted",
+        "check_transformer_general",
+        "check_transformers_unfitted_stateless",
+        "check_transformer_data_not_an_array",
+        "check_transformer_preserve_dtypes",
+        "check_transformer_n_iter",
+        "check_methods_sample_order_invariance",
+        "check_methods_subset_invariance",
+        "check_fit2d_1sample",
+        "check_fit2d_1feature",
+        "check_dict_unchanged",
+        "check_fit_idempotent",
+        "check_n_features_in",
+        "check_fit2d_predict1d",
+        "check_estimators_nan_inf",
+        "check_estimators_pickle",
+        "check_f_contiguous_array_estimator",
+        "check_set_output_transform",
+        "check_global_output_transform_pandas",
+        "check_global_set_output_transform_polars",
+        "check_set_output_transform_pandas",
+        "check_set_output_transform_polars",
+        "check_pipeline_consistency",
+        "check_estimators_empty_data_messages",
+    ]
+}
+
+
+@parametrize_with_checks(
+    [_EncoderWithTabularTags(**FAST, random_state=0)],
+    expected_failed_checks=lambda estimator: EXPECTED_FAILURES,
+)
+def test_sklearn_checks(estimator, check):
+    check(estimator)
+
+
+def test_clone_and_no_attributes_set_in_init():
+    model = LDAEEncoder(**FAST, random_state=3, embedding_dim=16)
+    copy = clone(model)
+    assert copy.get_params() == model.get_params()
+    assert not [key for key in vars(LDAEEncoder()) if key.endswith("_")]
+    assert not hasattr(LDAEEncoder(), "config_")
+
+
+def test_params_unchanged_by_fit(cohort):
+    model = LDAEEncoder(**FAST, random_state=0)
+    before = model.get_params()
+    model.fit(cohort.images)
+    assert model.get_params() == before
+
+
+def test_same_random_state_gives_identical_embeddings(cohort, fitted):
+    again = LDAEEncoder(**FAST, random_state=0).fit(cohort.images)
+    np.testing.assert_array_equal(again.transform(cohort.images), fitted.transform(cohort.images))
+    other = LDAEEncoder(**FAST, random_state=1).fit(cohort.images)
+    assert not np.allclose(other.transform(cohort.images), fitted.transform(cohort.images))
+
+
+def test_fit_transform_equals_fit_then_transform(cohort, fitted):
+    embedded = LDAEEncoder(**FAST, random_state=0).fit_transform(cohort.images)
+    np.testing.assert_array_equal(embedded, fitted.transform(cohort.images))
+
+
+def test_transform_shape_dtype_and_feature_names(cohort, fitted):
+    embedding = fitted.transform(cohort.images)
+    assert embedding.shape == (len(cohort.images), fitted.config_.embedding_dim)
+    assert embedding.dtype == np.float32 and np.isfinite(embedding).all()
+    names = fitted.get_feature_names_out()
+    assert len(names) == embedding.shape[1] and names[0] == "ldaeencoder0"
+    assert embedding.std(axis=0).max() > 0, "every scan got the same embedding"
+
+
+def test_unfitted_transform_raises_not_fitted(cohort):
+    with pytest.raises(NotFittedError):
+        LDAEEncoder(**FAST).transform(cohort.images)
+
+
+def test_pickle_and_joblib_round_trip_give_identical_embeddings(cohort, fitted, tmp_path):
+    expected = fitted.transform(cohort.images)
+    restored = pickle.loads(pickle.dumps(fitted))
+    np.testing.assert_array_equal(restored.transform(cohort.images), expected)
+    joblib.dump(fitted, tmp_path / "model.joblib")
+    np.testing.assert_array_equal(joblib.load(tmp_path / "model.joblib").transform(cohort.images),
+                                  expected)
+
+
+def test_pickled_weights_are_on_the_cpu(fitted):
+    state = fitted.__getstate__()
+    devices = {tensor.device.type for weights in state["_weights"].values()
+               for tensor in weights.values()}
+    assert devices == {"cpu"}
+    assert "autoencoder_" not in state
+
+
+def test_save_and_load_without_pickled_code(cohort, fitted, tmp_path):
+    path = tmp_path / "model.pt"
+    fitted.save(path)
+    loaded = LDAEEncoder.load(path)
+    np.testing.assert_array_equal(loaded.transform(cohort.images), fitted.transform(cohort.images))
+    assert loaded.get_params() == fitted.get_params()
+    assert not list(tmp_path.glob(".*.tmp")), "a temporary file was left behind"
+    # a file that would execute code when unpickled is refused
+    torch.save({"format": "ldae.LDAEEncoder", "evil": _Exploit()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="evil.pt"):
+        LDAEEncoder.load(tmp_path / "evil.pt")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="truncated.pt"):
+        LDAEEncoder.load(truncated)
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_set_output_pandas_keeps_series_index(cohort, fitted, tmp_path):
+    paths = []
+    for number, volume in enumerate(cohort.images[:3]):
+        path = tmp_path / f"scan{number}.nii.gz"
+        nib.save(nib.Nifti1Image(volume, cohort.affine), path)
+        paths.append(str(path))
+    series = pd.Series(paths, index=["a", "b", "c"], name="path")
+    model = pickle.loads(pickle.dumps(fitted)).set_output(transform="pandas")
+    frame = model.transform(series)
+    assert isinstance(frame, pd.DataFrame)
+    assert list(frame.index) == ["a", "b", "c"]
+    assert list(frame.columns) == list(fitted.get_feature_names_out())
+
+
+def test_bad_arguments_are_named(cohort):
+    with pytest.raises(InputError, match="preset"):
+        LDAEEncoder(preset="huge").fit(cohort.images)
+    with pytest.raises(InputError, match="image_shape"):
+        LDAEEncoder(**FAST, image_shape=(30, 40, 32)).fit(cohort.images)
+    with pytest.raises(InputError, match="groups"):
+        LDAEEncoder(**FAST).fit(cohort.images, groups=[0, 1])
+    with pytest.raises(InputError, match="device"):
+        LDAEEncoder(**FAST, device="tpu").fit(cohort.images)
+
+
+def test_history_and_validation_on_held_out_subjects(cohort):
+    subjects = cohort.frame.subject.to_numpy()
+    model = LDAEEncoder(**FAST, random_state=0, validation_fraction=0.34).fit(cohort.images,
+                                                                              groups=subjects)
+    assert set(model.history_) == {"autoencoder", "diffusion", "representation"}
+    for stage, history in model.history_.items():
+        assert len(history["loss"]) == 2 and len(history["val_loss"]) == 2, stage
+        assert np.isfinite(history["loss"]).all()
+    held_out = len(cohort.images) - model.n_scans_
+    assert 0 < held_out < len(cohort.images)
+
+
+# -------------------------------------------------------- pipelines & resume
+
+
+def test_cross_validate_pipeline_on_synthetic_cohort():
+    cohort = make_synthetic_cohort(18, shape=(32, 40, 32), random_state=1)
+    frame = cohort.frame
+    label = (frame.diagnosis != "CN").to_numpy().astype(int)
+    pipeline = Pipeline([("ldae", LDAEEncoder(**FAST, random_state=0)),
+                         ("clf", LogisticRegression(max_iter=1000))])
+    result = cross_validate(pipeline, cohort.images, label, groups=frame.subject,
+                            cv=StratifiedGroupKFold(3), scoring="roc_auc")
+    assert len(result["test_score"]) == 3
+    assert np.isfinite(result["test_score"]).all()
+
+
+def test_grid_search_over_an_encoder_parameter(cohort):
+    label = np.arange(len(cohort.images)) % 2
+    search = GridSearchCV(
+        Pipeline([("ldae", LDAEEncoder(**FAST, random_state=0)),
+                  ("clf", LogisticRegression())]),
+        {"ldae__embedding_dim": [8, 16]}, cv=GroupKFold(2), scoring="accuracy",
+    )
+    search.fit(cohort.images, label, groups=cohort.frame.subject)
+    assert search.best_params_["ldae__embedding_dim"] in (8, 16)
+    assert search.best_estimator_.named_steps["ldae"].transform(cohort.images[:2]).shape[1] == \
+        search.best_params_["ldae__embedding_dim"]
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_fit_resumes_after_an_interruption(cohort, tmp_path, monkeypatch):
+    settings = dict(**FAST, random_state=0, checkpoint_dir=tmp_path)
+    original = stages.diffusion_stage
+
+    def crash(*args, **kwargs):
+        raise _Interrupted
+
+    monkeypatch.setattr("ldae.encoder.diffusion_stage", crash)
+    with pytest.raises(_Interrupted):
+        LDAEEncoder(**settings).fit(cohort.images)
+    assert (tmp_path / "autoencoder.pt").exists()
+
+    calls = []
+    monkeypatch.setattr("ldae.encoder.diffusion_stage", original)
+    monkeypatch.setattr("ldae.encoder.autoencoder_stage",
+                        lambda *a, **k: calls.append(1) or stages.autoencoder_stage(*a, **k))
+    resumed = LDAEEncoder(**settings).fit(cohort.images)
+    assert (tmp_path / "representation.pt").exists()
+    uninterrupted = LDAEEncoder(**FAST, random_state=0).fit(cohort.images)
+    np.testing.assert_allclose(resumed.transform(cohort.images),
+                               uninterrupted.transform(cohort.images), atol=1e-5)
+    assert resumed.history_["autoencoder"] == uninterrupted.history_["autoencoder"]
+
+
+def test_checkpoints_of_other_settings_are_not_reused(cohort, tmp_path):
+    LDAEEncoder(**FAST, random_state=0, checkpoint_dir=tmp_path).fit(cohort.images)
+    stamp = (tmp_path / "autoencoder.pt").stat().st_mtime_ns
+    LDAEEncoder(**FAST, random_state=0, checkpoint_dir=tmp_path, ae_lr=5e-4).fit(cohort.images)
+    assert (tmp_path / "autoencoder.pt").stat().st_mtime_ns != stamp
+
+
+# ----------------------------------------------------------------- presets
+
+
+def test_paper_preset_constructs_and_embeds_one_full_size_scan():
+    model = LDAEEncoder(preset="paper", ae_epochs=0, diffusion_epochs=0, representation_epochs=0,
+                        random_state=0, device="cpu")
+    scan = np.random.default_rng(0).random((1, 128, 160, 128), dtype=np.float32)
+    model.fit(scan)
+    counts = {name: sum(p.numel() for p in getattr(model, name).parameters())
+              for name in ("autoencoder_", "unet_", "semantic_encoder_", "estimator_")}
+    print("paper preset parameter counts:", counts)
+    assert 1e7 < counts["autoencoder_"] < 1e8
+    assert 1e8 < counts["unet_"] < 1e9
+    assert model.transform(scan).shape == (1, 768)
