@@ -1,0 +1,16 @@
+"""Stage 3: semantic encoders, the gradient estimator and the PDAE objective."""
+
+from .gradient_estimator import GradientEstimator, UNetFeatures, shifted_eps, unet_features, unet_head
+from .pdae import pdae_loss
+from .semantic_encoder import LatentSemanticEncoder, SliceSemanticEncoder
+
+__all__ = [
+    "GradientEstimator",
+    "LatentSemanticEncoder",
+    "SliceSemanticEncoder",
+    "UNetFeatures",
+    "pdae_loss",
+    "shifted_eps",
+    "unet_features",
+    "unet_head",
+]

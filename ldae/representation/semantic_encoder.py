@@ -1,0 +1,165 @@
+"""Semantic encoders Enc_φ that map a scan to its semantic code y_sem."""
+
+import torch
+from monai.networks.nets.diffusion_model_unet import get_timestep_embedding
+from torch import nn
+
+from ..autoencoder.network import check_network_widths
+from ..exceptions import InputError
+
+_CONVOLUTIONS = {2: nn.Conv2d, 3: nn.Conv3d}
+
+
+def _conv_block(spatial_dims, in_channels, out_channels, stride, norm_num_groups):
+    return nn.Sequential(
+        _CONVOLUTIONS[spatial_dims](in_channels, out_channels, kernel_size=3, stride=stride, padding=1),
+        nn.GroupNorm(norm_num_groups, out_channels),
+        nn.SiLU(),
+    )
+
+
+def _conv_stack(spatial_dims, in_channels, channels, norm_num_groups):
+    """Two conv blocks per level; every level after the first starts by halving the size."""
+    blocks = []
+    for level, width in enumerate(channels):
+        stride = 1 if level == 0 else 2
+        blocks.append(_conv_block(spatial_dims, in_channels, width, stride, norm_num_groups))
+        blocks.append(_conv_block(spatial_dims, width, width, 1, norm_num_groups))
+        in_channels = width
+    return nn.Sequential(*blocks)
+
+
+def _check_input(x, channels, kind):
+    if x.ndim != 5 or x.shape[1] != channels:
+        raise InputError(
+            f"the semantic encoder expects {kind} of shape (B, {channels}, D, H, W), got {tuple(x.shape)}"
+        )
+
+
+class SliceSemanticEncoder(nn.Module):
+    """The paper's 2.5D semantic encoder over the axial slices of a volume.
+
+    A 2D CNN shared by every axial slice (``x[..., k]``, the last array axis of a
+    RAS volume) turns each slice into a feature map, soft-attention pooling reduces
+    it to one token, a sinusoidal encoding of the slice index is added, one learned
+    query reads all slice tokens with multi-head attention, and a linear projection
+    followed by LayerNorm gives the code. All slices of a batch go through the CNN
+    at once, so memory grows with batch size × number of slices.
+
+    Parameters
+    ----------
+    embedding_dim : int, default=768
+        Size of the code (and of the slice tokens); must be divisible by ``num_heads``.
+    channels : sequence of int, default=(32, 64, 128, 256)
+        Widths of the 2D CNN levels; each level after the first halves the slice size.
+    num_heads : int, default=8
+        Heads of the attention read-out.
+    norm_num_groups : int, default=8
+        GroupNorm groups; must divide every width.
+
+    Attributes
+    ----------
+    input_kind : str
+        ``"image"``: the encoder reads the preprocessed volume (B, 1, D, H, W).
+    """
+
+    input_kind = "image"
+
+    def __init__(self, *, embedding_dim=768, channels=(32, 64, 128, 256), num_heads=8, norm_num_groups=8):
+        super().__init__()
+        channels = tuple(int(width) for width in channels)
+        check_network_widths(channels, norm_num_groups)
+        if embedding_dim < 1 or num_heads < 1 or embedding_dim % num_heads != 0:
+            raise InputError(
+                f"embedding_dim={embedding_dim} must be a positive multiple of num_heads={num_heads}"
+            )
+        self.embedding_dim = int(embedding_dim)
+        self.slice_cnn = _conv_stack(2, 1, channels, norm_num_groups)
+        self.pooling_logits = nn.Conv2d(channels[-1], 1, kernel_size=1)
+        self.token_projection = nn.Linear(channels[-1], self.embedding_dim)
+        self.query = nn.Parameter(torch.empty(1, 1, self.embedding_dim))
+        nn.init.normal_(self.query, std=0.02)
+        self.readout = nn.MultiheadAttention(self.embedding_dim, num_heads, batch_first=True)
+        self.projection = nn.Linear(self.embedding_dim, self.embedding_dim)
+        self.norm = nn.LayerNorm(self.embedding_dim)
+
+    def forward(self, x):
+        """Encode volumes.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Volumes, shape (B, 1, D, H, W).
+
+        Returns
+        -------
+        torch.Tensor
+            Codes, shape (B, embedding_dim).
+        """
+        _check_input(x, 1, "volumes")
+        batch, _, depth, height, n_slices = x.shape
+        slices = x.permute(0, 4, 1, 2, 3).reshape(batch * n_slices, 1, depth, height)
+        maps = self.slice_cnn(slices)
+        weights = torch.softmax(self.pooling_logits(maps).flatten(2).float(), dim=-1)
+        pooled = (maps.flatten(2).float() * weights).sum(dim=-1)
+        tokens = self.token_projection(pooled).reshape(batch, n_slices, self.embedding_dim)
+        positions = torch.arange(n_slices, device=x.device)
+        tokens = tokens + get_timestep_embedding(positions, self.embedding_dim).to(tokens.dtype)
+        query = self.query.expand(batch, -1, -1).to(tokens.dtype)
+        code, _ = self.readout(query, tokens, tokens, need_weights=False)
+        return self.norm(self.projection(code.squeeze(1)))
+
+
+class LatentSemanticEncoder(nn.Module):
+    """A small 3D CNN semantic encoder over the stage-1 latent (the cheap option).
+
+    Two conv blocks (GroupNorm, SiLU) per level, each level after the first halving
+    the latent size, global average pooling, a linear projection and LayerNorm.
+
+    Parameters
+    ----------
+    latent_channels : int, default=3
+        Channels of the latent.
+    channels : sequence of int, default=(32, 64)
+        Widths of the levels.
+    embedding_dim : int, default=64
+        Size of the code.
+    norm_num_groups : int, default=8
+        GroupNorm groups; must divide every width.
+
+    Attributes
+    ----------
+    input_kind : str
+        ``"latent"``: the encoder reads the scaled latent z0 (B, latent_channels, d, h, w).
+    """
+
+    input_kind = "latent"
+
+    def __init__(self, *, latent_channels=3, channels=(32, 64), embedding_dim=64, norm_num_groups=8):
+        super().__init__()
+        channels = tuple(int(width) for width in channels)
+        check_network_widths(channels, norm_num_groups)
+        if embedding_dim < 1:
+            raise InputError(f"embedding_dim must be a positive integer, got {embedding_dim!r}")
+        self.latent_channels = int(latent_channels)
+        self.embedding_dim = int(embedding_dim)
+        self.features = _conv_stack(3, self.latent_channels, channels, norm_num_groups)
+        self.projection = nn.Linear(channels[-1], self.embedding_dim)
+        self.norm = nn.LayerNorm(self.embedding_dim)
+
+    def forward(self, z):
+        """Encode latents.
+
+        Parameters
+        ----------
+        z : torch.Tensor
+            Latents, shape (B, latent_channels, d, h, w).
+
+        Returns
+        -------
+        torch.Tensor
+            Codes, shape (B, embedding_dim).
+        """
+        _check_input(z, self.latent_channels, "latents")
+        pooled = self.features(z).mean(dim=(2, 3, 4))
+        return self.norm(self.projection(pooled))
