@@ -143,7 +143,8 @@ class NoiseSchedule:
         torch.LongTensor
             Strictly increasing CPU tensor of shape (S,).
         """
-        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or not 1 <= steps <= self.num_train_timesteps:
+        is_integer = isinstance(steps, numbers.Integral) and not isinstance(steps, bool)
+        if not is_integer or not 1 <= steps <= self.num_train_timesteps:
             raise InputError(
                 f"steps must be an integer between 1 and {self.num_train_timesteps}, got {steps!r}"
             )

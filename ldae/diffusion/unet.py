@@ -31,13 +31,14 @@ def _check_attention_heads(channels, attention_flags, num_head_channels):
             )
 
 
-def check_latent_shape(latent_shape, channels, *, attention_levels=None, num_head_channels=32):
+def check_latent_shape(latent_shape, channels, *, attention_levels=None, num_head_channels=None):
     """Check that a latent UNet with these widths can process latents of this shape.
 
     MONAI's ``DiffusionModelUNet`` halves every spatial axis at each level but the
-    last, so every spatial size must be divisible by 2 ** (len(channels) − 1), and
-    ``num_head_channels`` must divide the width of every level with attention and of
-    the middle block.
+    last, so every spatial size must be divisible by 2 ** (len(channels) − 1). When
+    ``num_head_channels`` is given, it must also divide the width of every level with
+    attention and of the middle block (which always has attention);
+    :func:`build_latent_unet` checks that too.
 
     Parameters
     ----------
@@ -47,8 +48,8 @@ def check_latent_shape(latent_shape, channels, *, attention_levels=None, num_hea
         Widths of the UNet levels.
     attention_levels : sequence of bool, optional
         Which levels have self-attention (default: none).
-    num_head_channels : int, default=32
-        Channels per attention head.
+    num_head_channels : int, optional
+        Channels per attention head; None skips the attention check.
 
     Raises
     ------
@@ -68,7 +69,9 @@ def check_latent_shape(latent_shape, channels, *, attention_levels=None, num_hea
             f"(channels={channels}): axes {bad_axes} are not divisible by {factor}; "
             "use fewer levels or a model grid whose latent sizes divide by it"
         )
-    _check_attention_heads(channels, _attention_flags(channels, attention_levels), num_head_channels)
+    flags = _attention_flags(channels, attention_levels)
+    if num_head_channels is not None:
+        _check_attention_heads(channels, flags, num_head_channels)
 
 
 def build_latent_unet(

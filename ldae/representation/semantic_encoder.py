@@ -78,7 +78,8 @@ class SliceSemanticEncoder(nn.Module):
         self.pooling_logits = nn.Conv2d(channels[-1], 1, kernel_size=1)
         self.token_projection = nn.Linear(channels[-1], self.embedding_dim)
         self.query = nn.Parameter(torch.empty(1, 1, self.embedding_dim))
-        nn.init.normal_(self.query, std=0.02)
+        # Unit scale, so the read-out is not a plain (order-blind) slice average at start.
+        nn.init.normal_(self.query)
         self.readout = nn.MultiheadAttention(self.embedding_dim, num_heads, batch_first=True)
         self.projection = nn.Linear(self.embedding_dim, self.embedding_dim)
         self.norm = nn.LayerNorm(self.embedding_dim)

@@ -1,0 +1,280 @@
+"""Autoencoder, latent UNet, gradient estimator, semantic encoders and the PDAE loss."""
+
+import pytest
+import torch
+from ldae.autoencoder import AdversarialTerm, autoencoder_loss, build_autoencoder, kl_divergence
+from ldae.diffusion import NoiseSchedule, build_latent_unet, check_latent_shape, diffusion_loss
+from ldae.exceptions import InputError
+from ldae.representation import semantic_encoder as semantic_encoder_module
+from ldae.representation import (
+    GradientEstimator,
+    LatentSemanticEncoder,
+    SliceSemanticEncoder,
+    pdae_loss,
+    shifted_eps,
+    unet_features,
+    unet_head,
+)
+
+LATENT = (3, 8, 10, 8)
+
+
+def attention_modules(network):
+    return [name for name, module in network.named_modules() if "Attention" in type(module).__name__]
+
+
+def randomise(network, seed):
+    """Replace every weight (including MONAI's zero-initialised output conv) by noise."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.copy_(0.05 * torch.randn(parameter.shape, generator=generator))
+    return network
+
+
+@pytest.fixture
+def unet():
+    torch.manual_seed(0)
+    return randomise(build_latent_unet(channels=(16, 32), norm_num_groups=8, num_head_channels=16), seed=1)
+
+
+def latents(batch, seed=0):
+    return torch.randn(batch, *LATENT, generator=torch.Generator().manual_seed(seed))
+
+
+def test_autoencoder_shapes_loss_and_gradients():
+    torch.manual_seed(0)
+    autoencoder = build_autoencoder(channels=(8, 16, 32))
+    assert attention_modules(autoencoder) == []
+    x = torch.rand(2, 1, 32, 40, 32)
+    mu, sigma = autoencoder.encode(x)
+    assert mu.shape == sigma.shape == (2, *LATENT)
+    assert autoencoder.decode(mu).shape == x.shape
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, reconstruction = autoencoder_loss(autoencoder, x, kl_weight=1e-3)
+    assert reconstruction.shape == x.shape and loss.dtype == torch.float32 and torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in autoencoder.encoder.parameters())
+
+
+def test_kl_divergence_matches_torch_distributions():
+    generator = torch.Generator().manual_seed(0)
+    mu = torch.randn(3, *LATENT, generator=generator)
+    sigma = torch.rand(3, *LATENT, generator=generator) + 0.1
+    reference = torch.distributions.kl_divergence(
+        torch.distributions.Normal(mu, sigma), torch.distributions.Normal(0.0, 1.0)
+    )
+    expected = reference.flatten(1).sum(dim=1).mean()
+    torch.testing.assert_close(kl_divergence(mu, sigma), expected)
+
+
+def test_adversarial_term_trains_generator_and_discriminator_separately():
+    torch.manual_seed(0)
+    autoencoder = build_autoencoder(channels=(8, 16, 32))
+    adversarial = AdversarialTerm(channels=8, weight=0.5)
+    x = torch.rand(2, 1, 32, 40, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, reconstruction = autoencoder_loss(autoencoder, x)
+        discriminator_loss = adversarial.discriminator_loss(reconstruction, x)
+    assert discriminator_loss.dtype == torch.float32 and torch.isfinite(discriminator_loss)
+    discriminator_loss.backward()
+    assert all(p.grad is None for p in autoencoder.parameters())
+    assert all(p.grad is not None for p in adversarial.parameters())
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        generator_loss = adversarial.generator_loss(reconstruction)
+    assert generator_loss.dtype == torch.float32 and generator_loss.item() > 0
+    generator_loss.backward()
+    assert all(p.grad is not None for p in autoencoder.decoder.parameters())
+
+    unweighted = AdversarialTerm(channels=8, weight=1.0)
+    unweighted.load_state_dict(adversarial.state_dict())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(0.5 * unweighted.generator_loss(reconstruction), generator_loss)
+
+
+def test_check_latent_shape_accepts_what_the_unet_can_run():
+    check_latent_shape((8, 10, 8), (32, 64))
+    check_latent_shape((8, 10, 8), (32, 48))  # heads are only checked when num_head_channels is given
+    check_latent_shape((3, 16, 20, 16), (32, 64, 96), num_head_channels=32)
+    check_latent_shape((16, 20, 16), (256, 512, 768), attention_levels=(False, True, True), num_head_channels=64)
+
+
+@pytest.mark.parametrize(
+    ("shape", "channels", "kwargs", "message"),
+    [
+        ((8, 10, 8), (32, 64, 96), {}, r"axes \[1\].*divisible by 4"),
+        ((3, 9, 10, 8), (32, 64), {}, r"axes \[0\]"),
+        ((8, 10), (32, 64), {}, "latent_shape"),
+        ((8, 10, 8), (32, 48), {"num_head_channels": 32}, "middle block"),
+        ((8, 8, 8), (48, 64), {"attention_levels": (True, False), "num_head_channels": 32}, "width 48"),
+        ((8, 8, 8), (32, 64), {"attention_levels": (True,)}, "attention_levels"),
+    ],
+)
+def test_check_latent_shape_names_the_problem(shape, channels, kwargs, message):
+    with pytest.raises(InputError, match=message):
+        check_latent_shape(shape, channels, **kwargs)
+
+
+def test_builders_reject_bad_widths():
+    with pytest.raises(InputError, match="norm_num_groups=8"):
+        build_latent_unet(channels=(32, 60))
+    with pytest.raises(InputError, match="num_head_channels"):
+        build_latent_unet(channels=(32, 48), num_head_channels=32)
+    with pytest.raises(InputError, match="norm_num_groups=32"):
+        build_autoencoder(channels=(8, 16, 32), norm_num_groups=32)
+
+
+def test_unet_split_in_two_halves_is_exact():
+    torch.manual_seed(0)
+    network = build_latent_unet(
+        channels=(16, 32, 32), num_res_blocks=2, attention_levels=(False, True, True), num_head_channels=16
+    )
+    randomise(network, seed=2)
+    z = torch.randn(2, 3, 8, 8, 8)
+    t = torch.tensor([5, 900])
+    expected = network(z, t)
+    assert expected.abs().mean() > 0
+    assert torch.equal(unet_head(network, unet_features(network, z, t)), expected)
+
+
+def test_gradient_estimator_starts_at_zero_and_owns_only_its_copies(unet):
+    z, t, y = latents(2), torch.tensor([10, 600]), torch.randn(2, 16)
+    estimator = GradientEstimator(unet, embedding_dim=16)
+    shift = estimator(unet_features(unet, z, t), y)
+    assert shift.shape == z.shape and torch.count_nonzero(shift) == 0
+    assert torch.equal(shifted_eps(unet, estimator, z, t, y, NoiseSchedule()), unet(z, t))
+
+    prefixes = {key.split(".")[0] for key in estimator.state_dict()}
+    assert prefixes == {"middle_block", "up_blocks", "out", "embedding_projection"}
+    unet_parameters = {id(p) for p in unet.parameters()}
+    assert not any(id(p) in unet_parameters for p in estimator.parameters())
+    torch.testing.assert_close(estimator.up_blocks.state_dict(), unet.up_blocks.state_dict(), rtol=0, atol=0)
+    from_frozen = GradientEstimator(unet.requires_grad_(False), embedding_dim=16)
+    assert all(p.requires_grad for p in from_frozen.parameters())
+
+
+def test_shifted_eps_subtracts_the_scaled_shift(unet):
+    schedule = NoiseSchedule()
+    z, t, y = latents(2), torch.tensor([0, 700]), torch.randn(2, 16)
+    estimator = randomise(GradientEstimator(unet, embedding_dim=16), seed=3)
+    features = unet_features(unet, z, t)
+    sigma = (1.0 - schedule.alphas_cumprod[t]).sqrt().float().reshape(-1, 1, 1, 1, 1)
+    expected = unet(z, t) - sigma * estimator(features, y)
+    torch.testing.assert_close(shifted_eps(unet, estimator, z, t, y, schedule), expected)
+    other_y = shifted_eps(unet, estimator, z, t, torch.randn(2, 16), schedule)
+    assert not torch.allclose(other_y, expected)
+
+
+def test_pdae_training_updates_only_encoder_and_estimator(unet):
+    # The UNet is left trainable on purpose: pdae_loss itself must keep gradients away from it.
+    frozen = {name: p.clone() for name, p in unet.state_dict().items()}
+    schedule = NoiseSchedule()
+    encoder = LatentSemanticEncoder(channels=(16, 32), embedding_dim=16)
+    estimator = GradientEstimator(unet, embedding_dim=16)
+    encoder_before = [p.clone() for p in encoder.parameters()]
+    optimiser = torch.optim.Adam([*encoder.parameters(), *estimator.parameters()], lr=1e-3)
+    z0 = latents(4, seed=5)
+    losses = []
+    for step in range(3):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = pdae_loss(unet, estimator, encoder, z0, z0, schedule, generator=torch.Generator().manual_seed(step))
+        assert loss.dtype == torch.float32 and loss.ndim == 0 and torch.isfinite(loss)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+
+    assert all(p.grad is None for p in unet.parameters())
+    assert all(torch.equal(unet.state_dict()[name], value) for name, value in frozen.items())
+    assert all(p.grad is not None for p in estimator.parameters())
+    assert all(not torch.equal(a, b) for a, b in zip(encoder_before, encoder.parameters()))
+    z, t = latents(2), torch.tensor([50, 500])
+    assert torch.count_nonzero(estimator(unet_features(unet, z, t), encoder(z))) > 0
+
+
+def test_pdae_loss_matches_its_definition(unet):
+    schedule = NoiseSchedule()
+    encoder = LatentSemanticEncoder(channels=(16, 32), embedding_dim=16)
+    estimator = randomise(GradientEstimator(unet, embedding_dim=16), seed=4)
+    z0 = latents(3, seed=6)
+    loss = pdae_loss(unet, estimator, encoder, z0, z0, schedule, gamma=0.3, generator=torch.Generator().manual_seed(9))
+
+    generator = torch.Generator().manual_seed(9)
+    t = schedule.sample_timesteps(3, generator=generator)
+    noise = torch.randn(z0.shape, generator=generator)
+    z_t = schedule.add_noise(z0, noise, t)
+    k_t, lambda_t = schedule.pdae_weights(t, gamma=0.3)
+    shift = estimator(unet_features(unet, z_t, t), encoder(z0))
+    residual = noise - unet(z_t, t) - k_t.reshape(-1, 1, 1, 1, 1) * shift
+    expected = (lambda_t * residual.square().mean(dim=(1, 2, 3, 4))).mean()
+    torch.testing.assert_close(loss, expected)
+
+
+def test_diffusion_loss_trains_the_unet(unet):
+    schedule = NoiseSchedule()
+    z0 = latents(4, seed=7)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = diffusion_loss(unet, z0, schedule, generator=torch.Generator().manual_seed(0))
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is not None for p in unet.parameters())
+
+
+def test_semantic_encoders_shapes_and_kinds():
+    torch.manual_seed(0)
+    latent_encoder = LatentSemanticEncoder(latent_channels=3, channels=(16, 32), embedding_dim=24)
+    assert latent_encoder.input_kind == "latent"
+    assert latent_encoder(latents(2)).shape == (2, 24)
+
+    slice_encoder = SliceSemanticEncoder(embedding_dim=32, channels=(8, 16), num_heads=4)
+    assert slice_encoder.input_kind == "image"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        code = slice_encoder(torch.rand(2, 1, 16, 20, 12))
+    assert code.shape == (2, 32) and torch.isfinite(code.float()).all()
+
+    with pytest.raises(InputError, match=r"\(B, 1, D, H, W\)"):
+        slice_encoder(torch.rand(2, 16, 20, 12))
+    with pytest.raises(InputError, match="num_heads"):
+        SliceSemanticEncoder(embedding_dim=30, num_heads=4, channels=(8, 16))
+
+
+def test_slice_encoder_depends_on_slice_order(monkeypatch):
+    torch.manual_seed(0)
+    encoder = SliceSemanticEncoder(embedding_dim=32, channels=(8, 16), num_heads=4).eval()
+    volume = torch.rand(1, 1, 16, 20, 12, generator=torch.Generator().manual_seed(1))
+    shuffled = volume[..., torch.randperm(12, generator=torch.Generator().manual_seed(2))]
+    with torch.no_grad():
+        original = encoder(volume)
+        assert (original - encoder(shuffled)).abs().max() > 1e-3
+        batch = encoder(torch.cat([volume, shuffled]))
+        torch.testing.assert_close(batch[:1], original, rtol=1e-4, atol=1e-5)
+
+        # Without the slice-position encoding the read-out is symmetric in the slices.
+        monkeypatch.setattr(
+            semantic_encoder_module, "get_timestep_embedding", lambda positions, dim: torch.zeros(len(positions), dim)
+        )
+        torch.testing.assert_close(encoder(shuffled), encoder(volume), rtol=1e-4, atol=1e-5)
+
+
+def test_paper_size_networks_construct():
+    # On the meta device: the constructors run, no memory is allocated and nothing is computed.
+    with torch.device("meta"):
+        autoencoder = build_autoencoder(
+            channels=(64, 128, 128, 128), num_res_blocks=2, latent_channels=3, norm_num_groups=32
+        )
+        unet = build_latent_unet(
+            channels=(256, 512, 768),
+            num_res_blocks=2,
+            attention_levels=(False, True, True),
+            num_head_channels=64,
+            norm_num_groups=32,
+        )
+    autoencoder_parameters = sum(p.numel() for p in autoencoder.parameters())
+    unet_parameters = sum(p.numel() for p in unet.parameters())
+    print(f"paper AutoencoderKL: {autoencoder_parameters:,} parameters; latent UNet: {unet_parameters:,}")
+    assert attention_modules(autoencoder) == []
+    level_attention = [bool(attention_modules(block)) for block in unet.down_blocks]
+    assert level_attention == [False, True, True]
+    check_latent_shape((3, 16, 20, 16), (256, 512, 768), attention_levels=(False, True, True), num_head_channels=64)
