@@ -1,0 +1,14 @@
+"""Image input layer: scans in (paths, images, arrays, cohort tables), volumes out.
+
+- :func:`as_volume_dataset` turns X into a lazy :class:`VolumeDataset` of
+  preprocessed float32 volumes on one target grid.
+- :class:`Preprocessing` holds the settings: RAS reorientation, resampling,
+  crop/pad, percentile intensity scaling, brain mask.
+- :func:`read_manifest` and :func:`read_bids` read cohort tables, one row per scan.
+"""
+
+from .cohort import read_bids, read_manifest
+from .inputs import VolumeDataset, as_volume_dataset
+from .preprocessing import Preprocessing
+
+__all__ = ["Preprocessing", "VolumeDataset", "as_volume_dataset", "read_bids", "read_manifest"]

@@ -1,0 +1,118 @@
+"""On-disk cache of preprocessed volumes.
+
+One ``.npy`` file per (scan file, preprocessing settings), read back through a
+memory map, so a second pass over a cohort decodes no gzip. Layout:
+``<folder>/<digest of the scan's absolute path and the settings>/<mtime>-<size>.npy``:
+editing or replacing a scan, or changing a setting, leads to another entry, and
+writing the entry of a new version of a scan removes the old one. Entries are
+written to a temporary file in the same folder and renamed into place, so a
+crash or an error never leaves a half-written entry behind.
+"""
+
+import hashlib
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ..exceptions import InputError
+
+
+class VolumeCache:
+    """Preprocessed volumes of scan files, stored in a folder.
+
+    Parameters
+    ----------
+    folder : str or path-like
+        Where the entries live; created if missing.
+    settings_key : str
+        Digest of the preprocessing settings (``Preprocessing.cache_key``).
+    """
+
+    def __init__(self, folder, settings_key):
+        self.folder = Path(folder).absolute()
+        self.settings_key = settings_key
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"cache_dir={str(folder)!r}: cannot create the folder ({exc})") from exc
+
+    def load(self, path, stamp):
+        """The cached volume of a scan file, or None when there is none.
+
+        Parameters
+        ----------
+        path : str
+            Absolute path of the scan file.
+        stamp : str or None
+            :meth:`stamp` of the file (None when it cannot be read).
+
+        Returns
+        -------
+        ndarray or None
+            An in-memory float32 copy (the caller owns it).
+        """
+        if stamp is None:
+            return None
+        try:
+            return np.array(np.load(self._entry(path, stamp), mmap_mode="r"))
+        except (OSError, ValueError):
+            # Missing, or damaged outside ldae: rebuilt and overwritten.
+            return None
+
+    def store(self, path, stamp, volume):
+        """Save the preprocessed volume of a scan file.
+
+        Parameters
+        ----------
+        path : str
+            Absolute path of the scan file.
+        stamp : str
+            :meth:`stamp` of the file taken before it was read, so that an
+            entry never claims a newer version of the file than it holds.
+        volume : ndarray
+            Its preprocessed volume.
+        """
+        entry = self._entry(path, stamp)
+        temporary = None
+        try:
+            entry.parent.mkdir(exist_ok=True)
+            handle, temporary = tempfile.mkstemp(dir=entry.parent, prefix=".", suffix=".tmp")
+            with os.fdopen(handle, "wb") as file:
+                np.save(file, volume)
+            os.replace(temporary, entry)
+        except OSError as exc:
+            # The cache only saves time: a full disk must not stop the work.
+            warnings.warn(f"could not cache the volume of {path} in {self.folder}: {exc}")
+            return
+        finally:
+            if temporary is not None:
+                Path(temporary).unlink(missing_ok=True)
+        for stale in entry.parent.glob("*.npy"):
+            if stale != entry:
+                stale.unlink(missing_ok=True)
+
+    @staticmethod
+    def stamp(path):
+        """Modification time (ns) and size of a file, as they name an entry.
+
+        Parameters
+        ----------
+        path : str
+
+        Returns
+        -------
+        str or None
+            None when the file cannot be examined.
+        """
+        try:
+            status = os.stat(path)
+        except OSError:
+            return None
+        return f"{status.st_mtime_ns:x}-{status.st_size:x}"
+
+    def _entry(self, path, stamp):
+        scan = hashlib.sha256(f"{path}\n{self.settings_key}".encode()).hexdigest()[:32]
+        return self.folder / scan / f"{stamp}.npy"

@@ -1,0 +1,174 @@
+"""Geometry of the target grid: RAS reorientation, resampling and centre crop/pad.
+
+A :class:`Grid` is planned from an image's shape and affine alone (the header),
+so a whole cohort's target grids are known before any voxel is decoded. Every
+step keeps each voxel at its world coordinate: the target affine maps target
+voxel indices to the same millimetres as the source affine does.
+"""
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from nibabel import orientations
+
+from ..exceptions import InputError
+
+# Voxel sizes closer than this (relative) count as equal: no resampling, and
+# no complaint that two scans of a cohort differ.
+VOXEL_SIZE_RTOL = 1e-3
+
+
+def voxel_sizes(affine):
+    """Voxel size in mm along each array axis of a 4x4 affine."""
+    return np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+
+
+@dataclass(frozen=True)
+class Grid:
+    """How one image maps onto the target grid.
+
+    Attributes
+    ----------
+    orientation : ndarray of shape (3, 2)
+        nibabel orientation transform from the image's axes to RAS.
+    zoom : tuple of 3 floats or None
+        Resampling factor per RAS axis (source voxel size / target voxel
+        size), or None when the image already has the target voxel size.
+    source_shape : tuple of 3 ints
+        Shape after reorientation and resampling, before crop/pad.
+    start : tuple of 3 ints
+        Index in the resampled volume of target voxel (0, 0, 0); negative
+        where the target grid is padded.
+    shape : tuple of 3 ints
+        Target shape (D, H, W).
+    affine : ndarray of shape (4, 4)
+        Affine of the target grid.
+    """
+
+    orientation: np.ndarray
+    zoom: tuple | None
+    source_shape: tuple
+    start: tuple
+    shape: tuple
+    affine: np.ndarray
+
+    @property
+    def source_slices(self):
+        """Slices of the resampled volume that land on the target grid."""
+        return tuple(
+            slice(max(s, 0), max(s, 0) + min(n, m))
+            for s, n, m in zip(self.start, self.source_shape, self.shape)
+        )
+
+    @property
+    def target_slices(self):
+        """Slices of the target grid that receive image voxels (the rest is padding)."""
+        return tuple(
+            slice(max(-s, 0), max(-s, 0) + min(n, m))
+            for s, n, m in zip(self.start, self.source_shape, self.shape)
+        )
+
+    @property
+    def pads(self):
+        """Whether part of the target grid lies outside the image."""
+        return any(n < m for n, m in zip(self.source_shape, self.shape))
+
+    def resample(self, data):
+        """Reorient `data` to RAS and resample it to the target voxel size.
+
+        Parameters
+        ----------
+        data : ndarray of shape (X, Y, Z), float32
+            Voxels of the image this grid was planned for.
+
+        Returns
+        -------
+        ndarray of shape ``source_shape``
+            A view of `data` when no resampling is needed, otherwise a new
+            array (trilinear interpolation; downsampling by an integer factor
+            averages whole blocks of voxels).
+        """
+        data = orientations.apply_orientation(data, self.orientation)
+        if self.zoom is None:
+            return data
+        # Image arrays are usually Fortran-ordered: the reversed-axes view is
+        # C-contiguous, which is what torch wants, at no copy.
+        reversed_axes = np.ascontiguousarray(data.T)
+        if not reversed_axes.flags.writeable:
+            reversed_axes = reversed_axes.copy()
+        resampled = torch.nn.functional.interpolate(
+            torch.from_numpy(reversed_axes)[None, None],
+            scale_factor=self.zoom[::-1],
+            mode="trilinear",
+            align_corners=False,
+            recompute_scale_factor=False,
+        )
+        return resampled[0, 0].numpy().T
+
+
+def plan_grid(shape, affine, *, voxel_size=None, target_shape=None, name="image"):
+    """Plan the target grid of one image from its header.
+
+    Parameters
+    ----------
+    shape : tuple of 3 ints
+        Spatial shape of the image.
+    affine : array-like of shape (4, 4)
+        Voxel-to-world affine of the image.
+    voxel_size : tuple of 3 floats or None
+        Target voxel size in mm; None keeps the image's.
+    target_shape : tuple of 3 ints or None
+        Target shape for the centre crop/pad; None keeps the resampled shape.
+    name : str
+        How to name the image in errors.
+
+    Returns
+    -------
+    Grid
+
+    Raises
+    ------
+    InputError
+        If the requested voxel size leaves an axis with fewer than two voxels.
+    """
+    orientation = orientations.io_orientation(affine)
+    ras_affine = affine @ orientations.inv_ornt_aff(orientation, shape)
+    ras_shape = [0, 0, 0]
+    for axis, (ras_axis, _) in enumerate(orientation):
+        ras_shape[int(ras_axis)] = int(shape[axis])
+
+    zoom = None
+    if voxel_size is not None and not np.allclose(
+        voxel_sizes(ras_affine), voxel_size, rtol=VOXEL_SIZE_RTOL, atol=0
+    ):
+        zoom = tuple(float(v) for v in voxel_sizes(ras_affine) / np.asarray(voxel_size))
+        # The same arithmetic torch uses for the output size of interpolate.
+        ras_shape = [math.floor(n * z) for n, z in zip(ras_shape, zoom)]
+        if min(ras_shape) < 2:
+            raise InputError(
+                f"{name}: resampling to voxel size {tuple(voxel_size)} mm leaves shape "
+                f"{tuple(ras_shape)}; choose a smaller voxel_size"
+            )
+        # Target voxel j samples source coordinate (j + 0.5) / zoom - 0.5.
+        to_source = np.eye(4)
+        to_source[:3, :3] = np.diag(1.0 / np.asarray(zoom))
+        to_source[:3, 3] = 0.5 / np.asarray(zoom) - 0.5
+        ras_affine = ras_affine @ to_source
+
+    shape_out = tuple(ras_shape) if target_shape is None else tuple(target_shape)
+    # Centre crop/pad; an odd difference leaves the extra voxel at the end.
+    start = tuple(
+        (n - m) // 2 if n >= m else -((m - n) // 2) for n, m in zip(ras_shape, shape_out)
+    )
+    shift = np.eye(4)
+    shift[:3, 3] = start
+    return Grid(
+        orientation=orientation,
+        zoom=zoom,
+        source_shape=tuple(ras_shape),
+        start=start,
+        shape=shape_out,
+        affine=ras_affine @ shift,
+    )

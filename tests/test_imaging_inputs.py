@@ -1,0 +1,283 @@
+"""The image input layer: every form of X gives the same volumes; bad X is named."""
+
+import gzip
+import pickle
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from nibabel.arrayproxy import ArrayProxy
+
+from ldae.exceptions import InputError
+from ldae.imaging import Preprocessing, as_volume_dataset
+
+SHAPE = (20, 24, 20)
+# RAS, 1.5 mm voxels, origin away from voxel 0.
+AFFINE = np.array(
+    [[1.5, 0, 0, -14.0], [0, 1.5, 0, -20.0], [0, 0, 1.5, -9.0], [0, 0, 0, 1]], dtype=float
+)
+
+
+def scans(n=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.gamma(2.0, 50.0, size=(n, *SHAPE))).astype(np.float32)
+
+
+def write(path, data, affine=AFFINE):
+    nib.save(nib.Nifti1Image(data, affine), path)
+    return str(path)
+
+
+@pytest.fixture
+def cohort(tmp_path):
+    volumes = scans()
+    paths = [write(tmp_path / f"scan{i}.nii.gz", v) for i, v in enumerate(volumes)]
+    return volumes, paths
+
+
+def read_all(dataset):
+    return np.stack([dataset[i] for i in range(len(dataset))])
+
+
+def test_paths_images_series_and_arrays_give_identical_volumes(cohort):
+    volumes, paths = cohort
+    preprocessing = Preprocessing(shape=(16, 28, 21))
+    forms = {
+        "str": paths,
+        "Path": [Path(p) for p in paths],
+        "tuple": tuple(paths),
+        "array of str": np.array(paths),
+        "images": [nib.load(p) for p in paths],
+        "Series": pd.Series(paths, index=["s1", "s2", "s3"]),
+    }
+    arrays = {"array": volumes, "array with channel": volumes[:, None], "list of arrays": list(volumes)}
+    datasets = {form: as_volume_dataset(X, preprocessing) for form, X in forms.items()}
+    datasets.update(
+        {form: as_volume_dataset(X, preprocessing, affine=AFFINE) for form, X in arrays.items()}
+    )
+    reference = read_all(datasets["str"])
+    assert reference.shape == (3, 16, 28, 21) and reference.dtype == np.float32
+    assert reference.min() == 0.0 and reference.max() == 1.0
+    for form, dataset in datasets.items():
+        assert len(dataset) == 3 and dataset.shape == (16, 28, 21), form
+        np.testing.assert_array_equal(read_all(dataset), reference, err_msg=form)
+        np.testing.assert_array_equal(dataset.affine, datasets["str"].affine, err_msg=form)
+    assert list(datasets["Series"].index) == ["s1", "s2", "s3"]
+    assert datasets["str"].index is None
+    assert datasets["str"].names == paths
+    assert datasets["images"].names == ["X[0]", "X[1]", "X[2]"]
+
+
+def test_arrays_default_to_a_grid_of_the_preprocessing_voxel_size():
+    assert np.array_equal(as_volume_dataset(scans(1)).affine, np.eye(4))
+    dataset = as_volume_dataset(scans(1), Preprocessing(voxel_size=2.0))
+    assert np.array_equal(dataset.affine, np.diag([2.0, 2.0, 2.0, 1.0]))
+    assert dataset.shape == SHAPE  # taken as already at 2 mm: not resampled
+
+
+def test_left_right_flipped_copy_preprocesses_to_the_same_array(tmp_path):
+    data = scans(1)[0]
+    flip_x = np.diag([-1.0, 1.0, 1.0, 1.0])
+    flip_x[0, 3] = SHAPE[0] - 1
+    original = write(tmp_path / "ras.nii.gz", data)
+    flipped = write(tmp_path / "las.nii.gz", data[::-1], AFFINE @ flip_x)
+    dataset = as_volume_dataset([original, flipped], Preprocessing(shape=(18, 25, 19)))
+    np.testing.assert_array_equal(dataset[0], dataset[1])
+    np.testing.assert_array_equal(dataset.affines[0], dataset.affines[1])
+
+
+def test_any_axis_order_and_flips_preprocess_to_the_same_array(tmp_path):
+    image = nib.Nifti1Image(scans(1)[0], AFFINE)
+    to_pil = nib.orientations.ornt_transform(
+        nib.orientations.axcodes2ornt("RAS"), nib.orientations.axcodes2ornt("PIL")
+    )
+    reoriented = image.as_reoriented(to_pil)
+    assert nib.aff2axcodes(reoriented.affine) == ("P", "I", "L")
+    dataset = as_volume_dataset([image, reoriented], Preprocessing(shape=(16, 26, 20)))
+    np.testing.assert_array_equal(dataset[0], dataset[1])
+    np.testing.assert_allclose(dataset.affines[0], dataset.affines[1])
+
+
+def test_target_affine_keeps_every_voxel_at_its_world_coordinate(tmp_path):
+    data = np.zeros(SHAPE, np.float32)
+    data[5, 7, 9] = 1.0
+    image = nib.Nifti1Image(data, AFFINE)
+    to_lpi = nib.orientations.ornt_transform(
+        nib.orientations.axcodes2ornt("RAS"), nib.orientations.axcodes2ornt("LPI")
+    )
+    path = write(tmp_path / "lpi.nii.gz", np.asarray(image.as_reoriented(to_lpi).dataobj),
+                 image.as_reoriented(to_lpi).affine)
+    for shape in [(16, 20, 17), (25, 30, 23)]:  # crop, pad
+        dataset = as_volume_dataset([path], Preprocessing(shape=shape, percentiles=(0, 100)))
+        bright = np.unravel_index(np.argmax(dataset[0]), shape)
+        np.testing.assert_allclose(dataset.affine @ [*bright, 1], AFFINE @ [5, 7, 9, 1])
+
+
+def test_building_decodes_nothing_and_an_item_decodes_only_itself(cohort, monkeypatch):
+    decoded = []
+    original = ArrayProxy.__array__
+    monkeypatch.setattr(
+        ArrayProxy, "__array__", lambda self, *a, **k: decoded.append(1) or original(self, *a, **k)
+    )
+    dataset = as_volume_dataset(cohort[1], Preprocessing())
+    assert decoded == []
+    dataset[2]
+    assert len(decoded) == 1
+
+
+def test_dataset_pickles_and_streams_through_a_dataloader_with_workers(cohort):
+    dataset = as_volume_dataset(pd.Series(cohort[1]), Preprocessing(shape=(16, 16, 16)))
+    clone = pickle.loads(pickle.dumps(dataset))
+    np.testing.assert_array_equal(clone[1], dataset[1])
+    assert clone.names == dataset.names
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=2)
+    batches = torch.cat(list(loader))
+    np.testing.assert_array_equal(batches.numpy(), read_all(dataset))
+
+
+def test_a_single_volume_4d_image_is_its_3d_volume(tmp_path):
+    data = scans(1)[0]
+    dataset = as_volume_dataset(
+        [write(tmp_path / "3d.nii.gz", data), write(tmp_path / "4d.nii.gz", data[..., None])]
+    )
+    np.testing.assert_array_equal(dataset[0], dataset[1])
+
+
+def test_nan_voxels_raise_by_default_and_become_zero_on_request(tmp_path):
+    data = scans(1)[0]
+    data[3, 4, 5] = np.nan
+    data[6, 7, 8] = np.inf
+    path = write(tmp_path / "holes.nii.gz", data)
+    with pytest.raises(InputError, match=r"holes\.nii\.gz: 2 NaN or infinite"):
+        as_volume_dataset([path])[0]
+    repaired = as_volume_dataset([path], Preprocessing(nan_policy="zero"))[0]
+    zeroed = np.nan_to_num(data, nan=0.0, posinf=0.0)
+    np.testing.assert_array_equal(repaired, as_volume_dataset(zeroed[None])[0])
+
+
+# ---- bad input: an InputError that names the item, raised early when possible
+
+
+def truncate(path, keep):
+    content = Path(path).read_bytes()
+    Path(path).write_bytes(content[: int(len(content) * keep)])
+
+
+def corrupt_gzip_stream(path):
+    content = bytearray(Path(path).read_bytes())
+    middle = len(content) // 2
+    content[middle : middle + 64] = np.random.default_rng(1).bytes(64)
+    Path(path).write_bytes(bytes(content))
+
+
+def test_a_missing_file_is_named_when_the_dataset_is_built(tmp_path, cohort):
+    missing = str(tmp_path / "nowhere.nii.gz")
+    with pytest.raises(InputError, match=r"nowhere\.nii\.gz: no such file"):
+        as_volume_dataset([cohort[1][0], missing])
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda d: (d / "folder.nii").mkdir() or d / "folder.nii", "is a directory"),
+        (lambda d: (d / "notes.txt").write_text("hello") and d / "notes.txt", "not a readable"),
+        (lambda d: (d / "fake.nii.gz").write_text("hello") and d / "fake.nii.gz", "not a readable"),
+        (lambda d: (d / "fake.nii").write_bytes(b"\0" * 400) and d / "fake.nii", "not a readable"),
+    ],
+    ids=["directory", "text file", "not gzip", "bad header"],
+)
+def test_what_is_not_an_image_is_named_when_the_dataset_is_built(tmp_path, make, message):
+    path = make(tmp_path)
+    with pytest.raises(InputError, match=f"{path.name}.*{message}|{message}.*{path.name}"):
+        as_volume_dataset([str(path)])
+
+
+def test_a_truncated_uncompressed_file_is_named_when_the_dataset_is_built(tmp_path):
+    path = write(tmp_path / "cut.nii", scans(1)[0])
+    truncate(path, 0.5)
+    with pytest.raises(InputError, match=r"cut\.nii: truncated"):
+        as_volume_dataset([path])
+
+
+@pytest.mark.parametrize("damage", [lambda p: truncate(p, 0.6), corrupt_gzip_stream],
+                         ids=["truncated gzip", "corrupted gzip"])
+def test_a_damaged_gzip_is_named_when_read(tmp_path, damage):
+    path = write(tmp_path / "damaged.nii.gz", scans(1)[0])
+    damage(path)
+    with gzip.open(path) as file:  # the header still reads
+        file.read(348)
+    dataset = as_volume_dataset([path])
+    with pytest.raises(InputError, match=r"damaged\.nii\.gz: cannot read the image data"):
+        dataset[0]
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (np.ones((20, 24, 20, 3), np.float32), "4D image with 3 volumes"),
+        (np.ones((20, 24), np.float32), "2D image"),
+        (np.ones((20, 24, 1), np.float32), "2D image"),
+    ],
+    ids=["4D", "2D", "flat 3D"],
+)
+def test_images_that_are_not_one_3d_volume_are_named_when_built(tmp_path, data, message):
+    path = write(tmp_path / "odd.nii.gz", data, np.eye(4))
+    with pytest.raises(InputError, match=rf"odd\.nii\.gz: {message}"):
+        as_volume_dataset([path])
+
+
+def test_a_constant_image_is_named_when_read(tmp_path):
+    path = write(tmp_path / "flat.nii.gz", np.full(SHAPE, 7.0, np.float32))
+    with pytest.raises(InputError, match=r"flat\.nii\.gz: the image is constant"):
+        as_volume_dataset([path])[0]
+
+
+def test_scans_on_different_grids_are_named(tmp_path):
+    small = write(tmp_path / "small.nii.gz", scans(1)[0][:18])
+    coarse = write(tmp_path / "coarse.nii.gz", scans(1)[0], np.diag([2.0, 2.0, 2.0, 1.0]))
+    reference = write(tmp_path / "reference.nii.gz", scans(1)[0])
+    with pytest.raises(InputError, match=r"small\.nii\.gz: shape \(18, 24, 20\).*Preprocessing\(shape"):
+        as_volume_dataset([reference, small])
+    with pytest.raises(InputError, match=r"coarse\.nii\.gz: voxel size.*Preprocessing\(voxel_size"):
+        as_volume_dataset([reference, coarse])
+    # Settings that put them on one grid make them acceptable.
+    assert as_volume_dataset([reference, small], Preprocessing(shape=SHAPE)).shape == SHAPE
+    resampled = as_volume_dataset([reference, coarse], Preprocessing(voxel_size=2, shape=(16,) * 3))
+    np.testing.assert_allclose(np.diag(resampled.affines[0])[:3], [2, 2, 2])
+
+
+@pytest.mark.parametrize(
+    "X, message",
+    [
+        ([], "X is empty"),
+        (np.zeros((0, *SHAPE), np.float32), "X is empty"),
+        (pd.Series([], dtype=object), "X is empty"),
+        (np.zeros(SHAPE, np.float32), r"X: array of shape \(20, 24, 20\).*X\[None\]"),
+        (np.zeros((2, 3, *SHAPE), np.float32), r"X: array of shape \(2, 3, 20, 24, 20\)"),
+        (np.zeros((2, 20, 24), np.float32), r"X: array of shape \(2, 20, 24\)"),
+        (np.zeros((2, *SHAPE), bool), "X: unsupported input \\(array of dtype bool\\)"),
+        ([np.ones(SHAPE), np.ones((20, 24, 22))], r"X\[1\]: shape \(20, 24, 22\)"),
+        ([np.ones((2, *SHAPE))], r"X\[0\]: array of shape \(2, 20, 24, 20\)"),
+        ({"a": "scan.nii.gz"}, "X: unsupported input \\(dict\\)"),
+        (7, "X: unsupported input \\(int\\)"),
+        ({"scan.nii.gz"}, "X: unsupported input \\(set\\)"),
+        ("scan.nii.gz", "X is a single scan"),
+        (pd.DataFrame({"path": ["a.nii"]}), r"X is a DataFrame; pass its column of paths"),
+        (["a.nii.gz", 3.5], r"X\[1\]: unsupported item \(float\)"),
+    ],
+)
+def test_unusable_x_is_named(X, message):
+    with pytest.raises(InputError, match=message):
+        as_volume_dataset(X)
+
+
+def test_unusable_arguments_are_named(cohort):
+    with pytest.raises(InputError, match="affine: only array input"):
+        as_volume_dataset(cohort[1], affine=AFFINE)
+    with pytest.raises(InputError, match="affine: the affine is singular"):
+        as_volume_dataset(scans(1), affine=np.diag([1.0, 0.0, 1.0, 1.0]))
+    with pytest.raises(InputError, match="preprocessing: expected a Preprocessing"):
+        as_volume_dataset(cohort[1], {"shape": (16, 16, 16)})
