@@ -302,23 +302,44 @@ class LDAEEncoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         dataset = as_volume_dataset(X, self.preprocessing_, cache_dir=self.cache_dir)
         return self._embed_dataset(dataset)
 
-    @torch.no_grad()
+    def encode_latent(self, X):
+        """Stage-1 latent z0 of each scan: the autoencoder's posterior mean, scaled.
+
+        Parameters
+        ----------
+        X : list of paths or nibabel images, pandas Series of paths, or ndarray
+
+        Returns
+        -------
+        ndarray of shape (n_scans, C, d, h, w), float32
+            ``scale_factor_ * mean``: the space the diffusion model works in.
+        """
+        check_is_fitted(self)
+        dataset = as_volume_dataset(X, self.preprocessing_, cache_dir=self.cache_dir)
+        return torch.cat(list(self._batches(dataset, self._latent_batch))).numpy()
+
     def _embed_dataset(self, dataset):
-        device = next(self.semantic_encoder_.parameters()).device
+        return torch.cat(list(self._batches(dataset, self._embed_batch))).numpy()
+
+    @torch.no_grad()
+    def _batches(self, dataset, compute):
+        """Apply ``compute(volumes)`` to batches of the dataset on the model's device."""
+        device = next(self.autoencoder_.parameters()).device
         dtype = resolve_precision(self.precision, device)
         loader = DataLoader(dataset, batch_size=self.config_.batch_size * 2,
                             num_workers=self.num_workers)
-        embeddings = []
         for batch in loader:
-            volumes = as_volume_batch(batch, device)
             with autocast(device, dtype):
-                if self.config_.semantic_encoder == "latent":
-                    mean, _ = self.autoencoder_.encode(volumes)
-                    embedding = self.semantic_encoder_(mean.float() * self.scale_factor_)
-                else:
-                    embedding = self.semantic_encoder_(volumes)
-            embeddings.append(embedding.float().cpu())
-        return torch.cat(embeddings).numpy()
+                yield compute(as_volume_batch(batch, device)).float().cpu()
+
+    def _latent_batch(self, volumes):
+        mean, _ = self.autoencoder_.encode(volumes)
+        return mean.float() * self.scale_factor_
+
+    def _embed_batch(self, volumes):
+        if self.config_.semantic_encoder == "latent":
+            return self.semantic_encoder_(self._latent_batch(volumes))
+        return self.semantic_encoder_(volumes)
 
     # ---------------------------------------------------------- persistence
 
@@ -460,13 +481,13 @@ class LDAEEncoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
 
     def _resolve_preprocessing(self, config):
         if self.preprocessing is None:
-            return Preprocessing(target_shape=config.image_shape)
+            return Preprocessing(shape=config.image_shape)
         if not isinstance(self.preprocessing, Preprocessing):
             raise InputError(
                 f"preprocessing must be an ldae.imaging.Preprocessing, got {type(self.preprocessing).__name__}")
-        if tuple(self.preprocessing.target_shape) != tuple(config.image_shape):
+        if self.preprocessing.shape is None or tuple(self.preprocessing.shape) != tuple(config.image_shape):
             raise InputError(
-                f"preprocessing.target_shape={self.preprocessing.target_shape} differs from the "
+                f"preprocessing.shape={self.preprocessing.shape} differs from the "
                 f"model's image_shape={config.image_shape}")
         return self.preprocessing
 

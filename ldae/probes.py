@@ -1,0 +1,146 @@
+"""Linear probes of embeddings: AD vs CN classification and age regression.
+
+The two standard read-outs of a brain-MRI representation (Lozupone et al. 2025,
+Table 2): a logistic regression separating Alzheimer's disease from cognitively
+normal scans, and a ridge regression of age. Both are cross-validated with
+subject-grouped folds shared by every feature set, so the feature sets can be
+compared fold by fold with :func:`ldae.stats.compare_models`.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from sklearn.compose import ColumnTransformer
+from sklearn.decomposition import PCA
+from sklearn.dummy import DummyRegressor
+from sklearn.linear_model import LogisticRegression, RidgeCV
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+from . import stats
+from .exceptions import InputError
+from .model_selection import RepeatedStratifiedGroupKFold, run_study
+
+CLASSIFICATION_SCORING = ("roc_auc", "accuracy", "precision", "recall", "f1")
+REGRESSION_SCORING = {"mae": "neg_mean_absolute_error", "rmse": "neg_root_mean_squared_error"}
+MEAN_AGE_BASELINE = "mean age"
+
+
+@dataclass
+class ProbeResults:
+    """Cross-validated probe results of several feature sets.
+
+    Attributes
+    ----------
+    diagnosis : StudyResult
+        AD-vs-CN logistic-regression study (scans diagnosed CN or AD).
+    age : StudyResult
+        Ridge age-regression study (all scans), with the mean-age predictor as a
+        reference line; MAE and RMSE are reported as positive numbers.
+    """
+
+    diagnosis: object
+    age: object
+
+    def table(self):
+        """One row per feature set: mean ± sd over folds of every metric."""
+        rows = {}
+        for study, metrics in ((self.diagnosis, ("roc_auc", "accuracy", "f1")),
+                               (self.age, ("mae", "rmse"))):
+            for model, scores in study.scores.groupby("model", sort=False):
+                for metric in metrics:
+                    values = scores[metric].abs()
+                    rows.setdefault(model, {})[metric] = f"{values.mean():.3f} ± {values.std():.3f}"
+        return pd.DataFrame(rows).T.fillna("")
+
+    def comparisons(self, reference):
+        """Corrected resampled t-tests of ``reference`` against every other feature set.
+
+        Returns
+        -------
+        DataFrame
+            The rows of :func:`ldae.stats.compare_models` that involve ``reference``,
+            for ROC-AUC and for age MAE, with Holm-corrected p-values.
+        """
+        tables = []
+        for study, metric in ((self.diagnosis, "roc_auc"), (self.age, "mae")):
+            table = stats.compare_models(study, metric=metric)
+            involved = (table["model_a"] == reference) | (table["model_b"] == reference)
+            tables.append(table[involved].assign(metric=metric))
+        return pd.concat(tables, ignore_index=True)
+
+
+def probe_embeddings(features, frame, *, voxels=None, n_splits=5, n_repeats=1, random_state=0,
+                     n_jobs=None):
+    """Cross-validate linear probes on several feature sets of the same scans.
+
+    Parameters
+    ----------
+    features : dict of str to ndarray of shape (n_scans, n_features)
+        Named feature sets, e.g. ``{"LDAE": encoder.transform(images)}``.
+    frame : DataFrame
+        One row per scan, in the order of the features, with columns ``subject``,
+        ``diagnosis`` and ``age``.
+    voxels : ndarray of shape (n_scans, ...), optional
+        Raw volumes; adds a "PCA of voxels" baseline whose PCA is fitted inside each
+        training fold.
+    n_splits, n_repeats : int, default=5, 1
+        Subject-grouped stratified folds and their repetitions.
+    random_state : int, default=0
+        Seed of the folds.
+    n_jobs : int, optional
+        joblib workers over (feature set, fold).
+
+    Returns
+    -------
+    ProbeResults
+    """
+    _check_frame(frame, features)
+    blocks = dict(features)
+    if voxels is not None:
+        blocks["PCA of voxels"] = np.asarray(voxels, dtype=np.float32).reshape(len(frame), -1)
+    X, columns = _stack(blocks)
+    subjects = frame["subject"].to_numpy()
+    cv = RepeatedStratifiedGroupKFold(n_splits=n_splits, n_repeats=n_repeats,
+                                      random_state=random_state)
+
+    diseased = frame["diagnosis"].isin(["CN", "AD"]).to_numpy()
+    is_ad = (frame["diagnosis"][diseased] == "AD").to_numpy().astype(int)
+    classifiers = {name: _probe(columns[name], LogisticRegression(max_iter=2000),
+                                pca=name == "PCA of voxels") for name in blocks}
+    diagnosis = run_study(classifiers, X[diseased], is_ad, groups=subjects[diseased], cv=cv,
+                          scoring=list(CLASSIFICATION_SCORING), n_jobs=n_jobs)
+
+    regressors = {name: _probe(columns[name], RidgeCV(alphas=np.logspace(-3, 3, 13)),
+                               pca=name == "PCA of voxels") for name in blocks}
+    regressors[MEAN_AGE_BASELINE] = DummyRegressor(strategy="mean")
+    age = run_study(regressors, X, frame["age"].to_numpy(dtype=float), groups=subjects, cv=cv,
+                    scoring=REGRESSION_SCORING, n_jobs=n_jobs)
+    return ProbeResults(diagnosis=diagnosis, age=age)
+
+
+def _probe(columns, head, *, pca):
+    steps = [("select", ColumnTransformer([("features", "passthrough", columns)]))]
+    if pca:
+        steps.append(("pca", PCA(n_components=0.9, svd_solver="full")))
+    steps += [("scale", StandardScaler()), ("probe", head)]
+    return Pipeline(steps)
+
+
+def _stack(blocks):
+    columns, start = {}, 0
+    for name, block in blocks.items():
+        columns[name] = np.arange(start, start + block.shape[1])
+        start += block.shape[1]
+    return np.hstack([np.asarray(block, dtype=np.float32) for block in blocks.values()]), columns
+
+
+def _check_frame(frame, features):
+    missing = {"subject", "diagnosis", "age"} - set(frame.columns)
+    if missing:
+        raise InputError(f"frame lacks the columns {sorted(missing)}")
+    for name, block in features.items():
+        if np.ndim(block) != 2 or len(block) != len(frame):
+            raise InputError(
+                f"features[{name!r}] has shape {np.shape(block)}; expected ({len(frame)}, n_features)")
