@@ -58,9 +58,15 @@ class RepeatedStratifiedGroupKFold(BaseCrossValidator):
 
     Examples
     --------
-    >>> cv = RepeatedStratifiedGroupKFold(n_splits=5, n_repeats=10, random_state=0)
-    >>> for train, test in cv.split(X, frame["diagnosis"], groups=frame["subject"]):
-    ...     ...
+    >>> import numpy as np
+    >>> subject = np.repeat(np.arange(10), 2)
+    >>> diagnosis = np.repeat(["CN", "AD"] * 5, 2)
+    >>> cv = RepeatedStratifiedGroupKFold(n_splits=2, n_repeats=3, random_state=0)
+    >>> cv.get_n_splits()
+    6
+    >>> splits = cv.split(diagnosis, diagnosis, groups=subject)
+    >>> all(set(subject[train]).isdisjoint(subject[test]) for train, test in splits)
+    True
     """
 
     __metadata_request__split = {"groups": True}
@@ -357,28 +363,28 @@ def _subject_strata(y, groups, n_splits, n_bins):
         raise InputError(
             f"groups: {len(subjects)} subjects cannot fill n_splits={n_splits} folds"
         )
-    classes, class_of_row = np.unique(y, return_inverse=True)
-    counts = np.zeros((len(subjects), len(classes)), dtype=int)
-    np.add.at(counts, (subject_of_row, class_of_row), 1)
-    subject_class = counts.argmax(axis=1)
-
-    if _is_continuous(y, subject_class, n_splits, n_bins):
-        n_scans = np.bincount(subject_of_row)
-        subject_mean = np.bincount(subject_of_row, weights=y.astype(float)) / n_scans
-        inner_edges = np.quantile(subject_mean, np.linspace(0, 1, n_bins + 1)[1:-1])
-        subject_stratum = np.searchsorted(np.unique(inner_edges), subject_mean)
-    else:
-        subject_stratum = subject_class
-    return subject_stratum[subject_of_row]
-
-
-def _is_continuous(y, subject_class, n_splits, n_bins):
-    if y.dtype == bool or not np.issubdtype(y.dtype, np.number):
-        return False
-    if type_of_target(y) == "continuous":
-        return True
+    numeric = y.dtype != bool and np.issubdtype(y.dtype, np.number)
+    if numeric and type_of_target(y) == "continuous":
+        return _subject_mean_bins(y, subject_of_row, n_bins)[subject_of_row]
+    subject_class = _subject_mode(y, subject_of_row, len(subjects))
     subjects_per_class = np.bincount(subject_class)
-    return len(subjects_per_class) > n_bins and subjects_per_class.min() < n_splits
+    if numeric and len(subjects_per_class) > n_bins and subjects_per_class.min() < n_splits:
+        return _subject_mean_bins(y, subject_of_row, n_bins)[subject_of_row]
+    return subject_class[subject_of_row]
+
+
+def _subject_mode(y, subject_of_row, n_subjects):
+    classes, class_of_row = np.unique(y, return_inverse=True)
+    counts = np.zeros((n_subjects, len(classes)), dtype=int)
+    np.add.at(counts, (subject_of_row, class_of_row), 1)
+    return counts.argmax(axis=1)
+
+
+def _subject_mean_bins(y, subject_of_row, n_bins):
+    subject_mean = np.bincount(subject_of_row, weights=y.astype(float))
+    subject_mean /= np.bincount(subject_of_row)
+    inner_edges = np.quantile(subject_mean, np.linspace(0, 1, n_bins + 1)[1:-1])
+    return np.searchsorted(np.unique(inner_edges), subject_mean)
 
 
 def _check_count(name, value, *, minimum):
@@ -390,7 +396,7 @@ def _check_lengths(X, **others):
     n_samples = _length(X)
     for name, value in others.items():
         if value is not None and _length(value) != n_samples:
-            raise InputError(f"{name}: has {len(value)} entries but X has {n_samples}")
+            raise InputError(f"{name}: has {_length(value)} entries but X has {n_samples}")
     return n_samples
 
 

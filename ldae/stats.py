@@ -49,7 +49,8 @@ class TestResult:
     statistic : float
         The test statistic (t, z, McNemar's statistic or the observed score).
     pvalue : float
-        Two-sided p-value, a probability in [0, 1].
+        The p-value, a probability in [0, 1]; two-sided except for the
+        permutation test, whose alternative is a better-than-chance score.
     method : str
         Name of the test.
     details : mapping
@@ -350,15 +351,17 @@ def subject_permutation_test(
     if np.array_equal(sources, np.broadcast_to(np.arange(n_samples), sources.shape)):
         raise InputError("groups: no two subjects can exchange labels")
 
+    if not isinstance(cv, Integral) and not hasattr(cv, "split"):
+        cv = list(cv)  # a generator of splits must serve every permutation
     observed = _cross_validated_score(estimator, X, y, groups, cv, scorer)
+    if np.isnan(observed):
+        raise InputError("scoring: the observed cross-validated score is NaN")
     null = np.array(
         Parallel(n_jobs=n_jobs)(
             delayed(_cross_validated_score)(estimator, X, y[source], groups, cv, scorer)
             for source in sources
         )
     )
-    if np.isnan(observed):
-        raise InputError("scoring: the observed cross-validated score is NaN")
     # An undefined (NaN) permuted score counts as extreme: the p-value stays valid.
     pvalue = (1 + np.sum(~(null < observed))) / (1 + n_permutations)
     return TestResult(
