@@ -91,7 +91,9 @@ def test_other_settings_get_their_own_entries(tmp_path, paths, decodes):
     wide = read_all(as_volume_dataset(paths, Preprocessing(percentiles=(1, 99)), cache_dir=cache))
     assert len(decodes) == 6 and len(files_in(cache)) == 6
     assert not np.array_equal(narrow[0], wide[0])
-    narrow_again = read_all(as_volume_dataset(paths, Preprocessing(percentiles=(5, 95)), cache_dir=cache))
+    narrow_again = read_all(
+        as_volume_dataset(paths, Preprocessing(percentiles=(5, 95)), cache_dir=cache)
+    )
     assert len(decodes) == 6
     np.testing.assert_array_equal(narrow_again[2], narrow[2])
 

@@ -50,7 +50,12 @@ def test_manifest_rows_are_typed_resolved_and_sorted(manifest_tree, tmp_path, mo
             "months": [0.0, 0.0, 12.0, 6.0],
             "path": [
                 str(manifest_tree / "scans" / name)
-                for name in ["c/007.nii.gz", "a/001_m00.nii.gz", "a/001_m12.nii.gz", "b/002_m06.nii"]
+                for name in [
+                    "c/007.nii.gz",
+                    "a/001_m00.nii.gz",
+                    "a/001_m12.nii.gz",
+                    "b/002_m06.nii",
+                ]
             ],
             "diagnosis": ["AD", "CN", "MCI", "CN"],
             "age": [np.nan, 70.5, 71.5, 80.0],
@@ -89,7 +94,10 @@ def test_a_csv_manifest_with_a_months_column_keeps_it(manifest_tree):
             "subject|session|path|age\nsub-1|ses-M00|scans/c/007.nii.gz|old\n",
             r"manifest\.tsv, line 2: column 'age' holds 'old', not a number",
         ),
-        ("subject|session|path\nsub-1||scans/c/007.nii.gz\n", r"manifest\.tsv: empty .* line\(s\) 2"),
+        (
+            "subject|session|path\nsub-1||scans/c/007.nii.gz\n",
+            r"manifest\.tsv: empty .* line\(s\) 2",
+        ),
     ],
     ids=["missing column", "duplicate", "missing file", "not a number", "empty value"],
 )
@@ -107,24 +115,40 @@ def test_a_manifest_of_another_format_is_refused(tmp_path):
 @pytest.fixture
 def bids_root(tmp_path):
     root = tmp_path / "bids"
-    for subject, session in [("sub-001", "ses-M00"), ("sub-001", "ses-M12"), ("sub-001", "ses-M06"),
-                             ("sub-010", "ses-M24"), ("sub-010", "ses-M00")]:
+    for subject, session in [
+        ("sub-001", "ses-M00"),
+        ("sub-001", "ses-M12"),
+        ("sub-001", "ses-M06"),
+        ("sub-010", "ses-M24"),
+        ("sub-010", "ses-M00"),
+    ]:
         write_scan(root / subject / session / "anat" / f"{subject}_{session}_T1w.nii.gz")
     # Not T1w scans: ignored.
     write_scan(root / "sub-001" / "ses-M00" / "anat" / "sub-001_ses-M00_T2w.nii.gz")
-    write_table(root / "participants.tsv",
-                "participant_id|sex|age|group\nsub-001|F|70|CN\nsub-010|M|65.5|AD\n")
-    write_table(root / "sub-001" / "sub-001_sessions.tsv",
-                "session_id|age|diagnosis|months\nses-M00|70.2|CN|0\nses-M06|n/a|CN|6.5\n"
-                "ses-M12|71.1|MCI|12\n")
+    write_table(
+        root / "participants.tsv",
+        "participant_id|sex|age|group\nsub-001|F|70|CN\nsub-010|M|65.5|AD\n",
+    )
+    write_table(
+        root / "sub-001" / "sub-001_sessions.tsv",
+        "session_id|age|diagnosis|months\nses-M00|70.2|CN|0\nses-M06|n/a|CN|6.5\n"
+        "ses-M12|71.1|MCI|12\n",
+    )
     return root
 
 
 def test_bids_tree_gives_one_row_per_t1w_scan_with_session_and_participant_columns(bids_root):
     frame = read_bids(bids_root)
-    anat = [f"{s}/{t}/anat/{s}_{t}_T1w.nii.gz" for s, t in
-            [("sub-001", "ses-M00"), ("sub-001", "ses-M06"), ("sub-001", "ses-M12"),
-             ("sub-010", "ses-M00"), ("sub-010", "ses-M24")]]
+    anat = [
+        f"{s}/{t}/anat/{s}_{t}_T1w.nii.gz"
+        for s, t in [
+            ("sub-001", "ses-M00"),
+            ("sub-001", "ses-M06"),
+            ("sub-001", "ses-M12"),
+            ("sub-010", "ses-M00"),
+            ("sub-010", "ses-M24"),
+        ]
+    ]
     expected = pd.DataFrame(
         {
             "subject": ["sub-001"] * 3 + ["sub-010"] * 2,
@@ -153,17 +177,29 @@ def test_bids_errors_name_the_file(bids_root, tmp_path):
         read_bids((tmp_path / "empty").mkdir() or tmp_path / "empty")
     with pytest.raises(InputError, match=r"absent: not a folder"):
         read_bids(tmp_path / "absent")
-    run2 = write_scan(bids_root / "sub-010" / "ses-M00" / "anat" / "sub-010_ses-M00_run-2_T1w.nii.gz")
-    with pytest.raises(InputError, match=rf"sub-010, session ses-M00 has several scans: .*{Path(run2).name}"):
+    run2 = write_scan(
+        bids_root / "sub-010" / "ses-M00" / "anat" / "sub-010_ses-M00_run-2_T1w.nii.gz"
+    )
+    with pytest.raises(
+        InputError, match=rf"sub-010, session ses-M00 has several scans: .*{Path(run2).name}"
+    ):
         read_bids(bids_root)
     Path(run2).unlink()
-    write_table(bids_root / "sub-010" / "sub-010_sessions.tsv", "session_id|age\nses-M00|1\nses-M00|2\n")
-    with pytest.raises(InputError, match=r"sub-010_sessions\.tsv: session_id repeated on line\(s\) 2, 3"):
+    write_table(
+        bids_root / "sub-010" / "sub-010_sessions.tsv", "session_id|age\nses-M00|1\nses-M00|2\n"
+    )
+    with pytest.raises(
+        InputError, match=r"sub-010_sessions\.tsv: session_id repeated on line\(s\) 2, 3"
+    ):
         read_bids(bids_root)
     write_table(bids_root / "sub-010" / "sub-010_sessions.tsv", "age\n1\n")
-    with pytest.raises(InputError, match=r"sub-010_sessions\.tsv: missing column\(s\) \['session_id'\]"):
+    with pytest.raises(
+        InputError, match=r"sub-010_sessions\.tsv: missing column\(s\) \['session_id'\]"
+    ):
         read_bids(bids_root)
     (bids_root / "sub-010" / "sub-010_sessions.tsv").unlink()
     write_table(bids_root / "participants.tsv", "subject|sex\nsub-001|F\n")
-    with pytest.raises(InputError, match=r"participants\.tsv: missing column\(s\) \['participant_id'\]"):
+    with pytest.raises(
+        InputError, match=r"participants\.tsv: missing column\(s\) \['participant_id'\]"
+    ):
         read_bids(bids_root)

@@ -53,7 +53,11 @@ def test_paths_images_series_and_arrays_give_identical_volumes(cohort):
         "images": [nib.load(p) for p in paths],
         "Series": pd.Series(paths, index=["s1", "s2", "s3"]),
     }
-    arrays = {"array": volumes, "array with channel": volumes[:, None], "list of arrays": list(volumes)}
+    arrays = {
+        "array": volumes,
+        "array with channel": volumes[:, None],
+        "list of arrays": list(volumes),
+    }
     datasets = {form: as_volume_dataset(X, preprocessing) for form, X in forms.items()}
     datasets.update(
         {form: as_volume_dataset(X, preprocessing, affine=AFFINE) for form, X in arrays.items()}
@@ -108,8 +112,11 @@ def test_target_affine_keeps_every_voxel_at_its_world_coordinate(tmp_path):
     to_lpi = nib.orientations.ornt_transform(
         nib.orientations.axcodes2ornt("RAS"), nib.orientations.axcodes2ornt("LPI")
     )
-    path = write(tmp_path / "lpi.nii.gz", np.asarray(image.as_reoriented(to_lpi).dataobj),
-                 image.as_reoriented(to_lpi).affine)
+    path = write(
+        tmp_path / "lpi.nii.gz",
+        np.asarray(image.as_reoriented(to_lpi).dataobj),
+        image.as_reoriented(to_lpi).affine,
+    )
     for shape in [(16, 20, 17), (25, 30, 23)]:  # crop, pad
         dataset = as_volume_dataset([path], Preprocessing(shape=shape, percentiles=(0, 100)))
         bright = np.unravel_index(np.argmax(dataset[0]), shape)
@@ -202,8 +209,11 @@ def test_a_truncated_uncompressed_file_is_named_when_the_dataset_is_built(tmp_pa
         as_volume_dataset([path])
 
 
-@pytest.mark.parametrize("damage", [lambda p: truncate(p, 0.6), corrupt_gzip_stream],
-                         ids=["truncated gzip", "corrupted gzip"])
+@pytest.mark.parametrize(
+    "damage",
+    [lambda p: truncate(p, 0.6), corrupt_gzip_stream],
+    ids=["truncated gzip", "corrupted gzip"],
+)
 def test_a_damaged_gzip_is_named_when_read(tmp_path, damage):
     path = write(tmp_path / "damaged.nii.gz", scans(1)[0])
     damage(path)
@@ -239,7 +249,9 @@ def test_scans_on_different_grids_are_named(tmp_path):
     small = write(tmp_path / "small.nii.gz", scans(1)[0][:18])
     coarse = write(tmp_path / "coarse.nii.gz", scans(1)[0], np.diag([2.0, 2.0, 2.0, 1.0]))
     reference = write(tmp_path / "reference.nii.gz", scans(1)[0])
-    with pytest.raises(InputError, match=r"small\.nii\.gz: shape \(18, 24, 20\).*Preprocessing\(shape"):
+    with pytest.raises(
+        InputError, match=r"small\.nii\.gz: shape \(18, 24, 20\).*Preprocessing\(shape"
+    ):
         as_volume_dataset([reference, small])
     with pytest.raises(InputError, match=r"coarse\.nii\.gz: voxel size.*Preprocessing\(voxel_size"):
         as_volume_dataset([reference, coarse])

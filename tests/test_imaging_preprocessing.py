@@ -16,8 +16,8 @@ def volume(seed=0, shape=SHAPE):
     return np.random.default_rng(seed).gamma(2.0, 50.0, size=shape).astype(np.float32)
 
 
-def preprocess(data, preprocessing, affine=np.eye(4)):
-    return preprocessing.apply(nib.Nifti1Image(data, affine))
+def preprocess(data, preprocessing, affine=None):
+    return preprocessing.apply(nib.Nifti1Image(data, np.eye(4) if affine is None else affine))
 
 
 def test_settings_are_normalised_compared_and_round_trip_through_a_dict(tmp_path):
@@ -117,7 +117,9 @@ def test_resampling_to_2mm_averages_voxel_blocks_and_keeps_world_coordinates():
 
 def test_a_voxel_size_that_leaves_no_volume_is_named():
     with pytest.raises(InputError, match="X\\[0\\]: resampling to voxel size"):
-        as_volume_dataset(volume()[None], affine=np.eye(4), preprocessing=Preprocessing(voxel_size=15))
+        as_volume_dataset(
+            volume()[None], affine=np.eye(4), preprocessing=Preprocessing(voxel_size=15)
+        )
 
 
 def test_the_brain_mask_zeroes_the_outside_and_sets_the_intensity_range(tmp_path):

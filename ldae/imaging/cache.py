@@ -37,7 +37,9 @@ class VolumeCache:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise InputError(f"cache_dir={str(folder)!r}: cannot create the folder ({exc})") from exc
+            raise InputError(
+                f"cache_dir={str(folder)!r}: cannot create the folder ({exc})"
+            ) from exc
 
     def load(self, path, stamp):
         """The cached volume of a scan file, or None when there is none.
@@ -85,7 +87,9 @@ class VolumeCache:
             os.replace(temporary, entry)
         except OSError as exc:
             # The cache only saves time: a full disk must not stop the work.
-            warnings.warn(f"could not cache the volume of {path} in {self.folder}: {exc}")
+            warnings.warn(
+                f"could not cache the volume of {path} in {self.folder}: {exc}", stacklevel=3
+            )
             return
         finally:
             if temporary is not None:

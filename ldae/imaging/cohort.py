@@ -109,7 +109,9 @@ def read_bids(root):
         if table.name == f"{table.parent.name}_sessions.tsv"
     ]
     if sessions:
-        frame = _merge_filling(frame, pd.concat(sessions, ignore_index=True), ["subject", "session"])
+        frame = _merge_filling(
+            frame, pd.concat(sessions, ignore_index=True), ["subject", "session"]
+        )
     participants = root / "participants.tsv"
     if participants.is_file():
         frame = _merge_filling(

@@ -159,9 +159,7 @@ def plan_grid(shape, affine, *, voxel_size=None, target_shape=None, name="image"
 
     shape_out = tuple(ras_shape) if target_shape is None else tuple(target_shape)
     # Centre crop/pad; an odd difference leaves the extra voxel at the end.
-    start = tuple(
-        (n - m) // 2 if n >= m else -((m - n) // 2) for n, m in zip(ras_shape, shape_out)
-    )
+    start = tuple((n - m) // 2 if n >= m else -((m - n) // 2) for n, m in zip(ras_shape, shape_out))
     shift = np.eye(4)
     shift[:3, 3] = start
     return Grid(

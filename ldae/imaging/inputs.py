@@ -211,8 +211,12 @@ def _source(item, position, affine):
             raise InputError(f"{name}: array of shape {item.shape}; expected (D, H, W)")
         # The generic image class: NIfTI's would refuse some dtypes (float16, int64).
         return SpatialImage(volume, affine), name
-    description = f"array of dtype {item.dtype}" if isinstance(item, np.ndarray) else type(item).__name__
-    raise InputError(f"{name}: unsupported item ({description}); expected a path or a nibabel image")
+    description = (
+        f"array of dtype {item.dtype}" if isinstance(item, np.ndarray) else type(item).__name__
+    )
+    raise InputError(
+        f"{name}: unsupported item ({description}); expected a path or a nibabel image"
+    )
 
 
 def _array_affine(affine, preprocessing):
