@@ -8,6 +8,7 @@ volume. Headers are checked when the dataset is built; voxels are decoded only
 when an item is read.
 """
 
+import operator
 import os
 
 import numpy as np
@@ -30,8 +31,26 @@ _EXPECTED_X = (
 class VolumeDataset(torch.utils.data.Dataset):
     """Scans preprocessed on access: ``ds[i]`` decodes and preprocesses scan i.
 
-    Build it with :func:`as_volume_dataset`. It is picklable, so a
-    ``torch.utils.data.DataLoader`` with workers can stream it.
+    Build it with :func:`as_volume_dataset`, which checks the scans first. It
+    is picklable, so a ``torch.utils.data.DataLoader`` with workers can
+    stream it.
+
+    Parameters
+    ----------
+    sources : list
+        Per scan, its absolute path (str) or a nibabel image.
+    names : list of str
+        Per scan, how errors name it.
+    affines : ndarray of shape (n, 4, 4)
+        Per scan, the affine of its target grid.
+    shape : tuple of 3 ints
+        Shape of every preprocessed volume.
+    preprocessing : Preprocessing
+        The settings to apply.
+    index : pandas.Index or None, default=None
+        Labels of the scans.
+    cache : VolumeCache or None, default=None
+        Where preprocessed volumes of files are kept.
 
     Attributes
     ----------
@@ -61,6 +80,7 @@ class VolumeDataset(torch.utils.data.Dataset):
 
     @property
     def affine(self):
+        """Affine (4, 4) of the first scan's target grid."""
         return self.affines[0]
 
     def __len__(self):
@@ -85,6 +105,7 @@ class VolumeDataset(torch.utils.data.Dataset):
             If the scan's data is unreadable or unusable, or its file changed
             shape since the dataset was built.
         """
+        i = operator.index(i)
         source, name = self._sources[i], self.names[i]
         stamp = None
         if self._cache is not None and isinstance(source, str):
@@ -92,8 +113,7 @@ class VolumeDataset(torch.utils.data.Dataset):
             volume = self._cache.load(source, stamp)
             if volume is not None:
                 return volume
-        image = open_image(source) if isinstance(source, str) else source
-        volume, grid = self.preprocessing.apply(image, name)
+        volume, grid = self.preprocessing.apply(_image(source), name)
         if grid.shape != self.shape:
             raise InputError(
                 f"{name}: preprocessed shape {grid.shape} differs from the dataset's "
@@ -147,15 +167,11 @@ def as_volume_dataset(X, preprocessing=None, *, affine=None, cache_dir=None):
         affine = _array_affine(affine, preprocessing)
     elif affine is not None:
         raise InputError("affine: only array input takes one; images carry their own")
-    sources, names = [], []
-    for position, item in enumerate(items):
-        source, name = _source(item, position, affine)
-        sources.append(source)
-        names.append(name)
-
+    # Every item's type first (cheap), then every header (one file read each).
+    sources, names = map(list, zip(*(_source(item, i, affine) for i, item in enumerate(items))))
     grids = []
     for source, name in zip(sources, names):
-        image = open_image(source) if isinstance(source, str) else source
+        image = _image(source)
         grids.append(preprocessing.plan(image.shape, image.affine, name))
     _check_consistent(grids, names)
     cache = None if cache_dir is None else VolumeCache(cache_dir, preprocessing.cache_key)
@@ -175,7 +191,8 @@ def _items(X):
     if isinstance(X, pd.DataFrame):
         raise InputError("X is a DataFrame; pass its column of paths, e.g. X['path']")
     if isinstance(X, (str, os.PathLike, SpatialImage)):
-        raise InputError(f"X is a single scan ({X!r}); pass a list of scans, e.g. [X]")
+        scan = type(X).__name__ if isinstance(X, SpatialImage) else os.fspath(X)
+        raise InputError(f"X is a single scan ({scan}); pass a list of scans, e.g. [X]")
     if isinstance(X, np.ndarray) and X.dtype.kind in "iuf":
         if X.ndim == 5 and X.shape[1] == 1:
             X = X[:, 0]
@@ -217,6 +234,11 @@ def _source(item, position, affine):
     raise InputError(
         f"{name}: unsupported item ({description}); expected a path or a nibabel image"
     )
+
+
+def _image(source):
+    """The image of a source; a file's is opened (header only)."""
+    return open_image(source) if isinstance(source, str) else source
 
 
 def _array_affine(affine, preprocessing):

@@ -113,14 +113,14 @@ class Preprocessing:
 
     @cached_property
     def mask(self):
-        """The brain mask as (boolean C-ordered array, affine), or None."""
+        """The brain mask as (boolean array, affine), or None."""
         if self.brain_mask is None:
             return None
         image = self.brain_mask
         if isinstance(image, str):
             image = open_image(image)
         affine = check_affine(image.affine, "brain_mask")
-        inside = np.ascontiguousarray(read_volume(image, "brain_mask") > 0)
+        inside = read_volume(image, "brain_mask") > 0
         if not inside.any():
             raise InputError("brain_mask: the mask is empty (no voxel > 0)")
         return inside, affine
@@ -232,10 +232,14 @@ class Preprocessing:
 
     def _intensity_range(self, source, grid, name):
         """Float32 intensities at the two percentiles, over a regular subsample."""
-        step = max(1, round(np.cbrt(source.size / _PERCENTILE_SAMPLE_SIZE)))
+        inside = None if self.mask is None else self.mask[0][grid.target_slices]
+        count = source.size if inside is None else np.count_nonzero(inside)
+        if count == 0:
+            raise InputError(f"{name}: the brain mask covers none of its voxels")
+        step = max(1, round(np.cbrt(count / _PERCENTILE_SAMPLE_SIZE)))
         sample = source[::step, ::step, ::step]
-        if self.mask is not None:
-            sample = sample[self.mask[0][grid.target_slices][::step, ::step, ::step]]
+        if inside is not None:
+            sample = sample[inside[::step, ::step, ::step]]
         low, high = np.percentile(sample, self.percentiles).astype(np.float32)
         if high > low:
             return low, high
