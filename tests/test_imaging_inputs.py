@@ -1,6 +1,7 @@
 """The image input layer: every form of X gives the same volumes; bad X is named."""
 
 import gzip
+import os
 import pickle
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse
 import torch
 from nibabel.arrayproxy import ArrayProxy
 
@@ -165,6 +167,24 @@ def test_nan_voxels_raise_by_default_and_become_zero_on_request(tmp_path):
     np.testing.assert_array_equal(repaired, as_volume_dataset(zeroed[None])[0])
 
 
+def test_the_fingerprint_follows_the_scans_and_the_settings(cohort):
+    volumes, paths = cohort
+    fingerprint = as_volume_dataset(paths).fingerprint()
+    assert as_volume_dataset(paths).fingerprint() == fingerprint
+    # Images read from files count as their files: nothing is decoded.
+    assert as_volume_dataset([nib.load(p) for p in paths]).fingerprint() == fingerprint
+    assert as_volume_dataset(paths, Preprocessing(shape=(16, 16, 16))).fingerprint() != fingerprint
+    status = os.stat(paths[1])
+    os.utime(paths[1], ns=(status.st_atime_ns, status.st_mtime_ns + 10**9))
+    assert as_volume_dataset(paths).fingerprint() != fingerprint
+
+    of_arrays = as_volume_dataset(volumes).fingerprint()
+    assert as_volume_dataset(volumes.copy()).fingerprint() == of_arrays
+    changed = volumes.copy()
+    changed[2, 3, 4, 5] += 1
+    assert as_volume_dataset(changed).fingerprint() != of_arrays
+
+
 # ---- bad input: an InputError that names the item, raised early when possible
 
 
@@ -273,6 +293,8 @@ def test_scans_on_different_grids_are_named(tmp_path):
         (np.zeros((2, *SHAPE), bool), "X: unsupported input \\(array of dtype bool\\)"),
         ([np.ones(SHAPE), np.ones((20, 24, 22))], r"X\[1\]: shape \(20, 24, 22\)"),
         ([np.ones((2, *SHAPE))], r"X\[0\]: array of shape \(2, 20, 24, 20\)"),
+        (np.zeros((2, *SHAPE), complex), "X: Complex data not supported"),
+        (scipy.sparse.csr_array(np.ones((2, 3))), "X: sparse input is not supported"),
         ({"a": "scan.nii.gz"}, "X: unsupported input \\(dict\\)"),
         (7, "X: unsupported input \\(int\\)"),
         ({"scan.nii.gz"}, "X: unsupported input \\(set\\)"),

@@ -8,11 +8,14 @@ volume. Headers are checked when the dataset is built; voxels are decoded only
 when an item is read.
 """
 
+import hashlib
 import operator
 import os
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
+import scipy.sparse
 import torch
 from nibabel.spatialimages import SpatialImage
 
@@ -82,6 +85,23 @@ class VolumeDataset(torch.utils.data.Dataset):
     def affine(self):
         """Affine (4, 4) of the first scan's target grid."""
         return self.affines[0]
+
+    def fingerprint(self):
+        """A digest that changes when the scans or the preprocessing do.
+
+        Files count by absolute path, modification time and size (nothing is
+        decoded); in-memory images and arrays by their voxels.
+
+        Returns
+        -------
+        str
+            Hex digest.
+        """
+        digest = hashlib.sha256(self.preprocessing.cache_key.encode())
+        digest.update(np.ascontiguousarray(self.affines).tobytes())
+        for source in self._sources:
+            _hash_source(digest, source)
+        return digest.hexdigest()
 
     def __len__(self):
         return len(self._sources)
@@ -193,6 +213,13 @@ def _items(X):
     if isinstance(X, (str, os.PathLike, SpatialImage)):
         scan = type(X).__name__ if isinstance(X, SpatialImage) else os.fspath(X)
         raise InputError(f"X is a single scan ({scan}); pass a list of scans, e.g. [X]")
+    if scipy.sparse.issparse(X):
+        raise InputError(
+            f"X: sparse input is not supported ({type(X).__name__}); expected {_EXPECTED_X}"
+        )
+    if isinstance(X, np.ndarray) and X.dtype.kind == "c":
+        # scikit-learn's wording, which its estimator checks look for.
+        raise InputError(f"X: Complex data not supported (array of dtype {X.dtype})")
     if isinstance(X, np.ndarray) and X.dtype.kind in "iuf":
         if X.ndim == 5 and X.shape[1] == 1:
             X = X[:, 0]
@@ -234,6 +261,18 @@ def _source(item, position, affine):
     raise InputError(
         f"{name}: unsupported item ({description}); expected a path or a nibabel image"
     )
+
+
+def _hash_source(digest, source):
+    """Feed what identifies a scan's content to a hashlib digest."""
+    if not isinstance(source, str) and nib.is_proxy(source.dataobj) and source.get_filename():
+        source = os.path.abspath(source.get_filename())
+    if isinstance(source, str):
+        digest.update(f"{source}\n{VolumeCache.stamp(source)}\n".encode())
+    else:
+        voxels = np.ascontiguousarray(source.dataobj)
+        digest.update(f"{voxels.dtype}{voxels.shape}".encode())
+        digest.update(memoryview(voxels).cast("B"))
 
 
 def _image(source):
