@@ -1,0 +1,190 @@
+"""The MNI ICBM152 2009 template as tissue maps on a target grid.
+
+nilearn installs the 1 mm template with its grey-matter, white-matter and brain-mask
+images. Their tissue probabilities are resampled once per grid and split into the
+compartments that the atrophy model changes separately (ventricles, hippocampi, the
+outer and inner layers of the cortex, ...). The regions that make this split are defined
+in world (MNI mm) coordinates so that they hold at any grid.
+"""
+
+import functools
+from dataclasses import dataclass
+
+import nibabel as nib
+import numpy as np
+import torch
+from nilearn import datasets, image
+from scipy import ndimage
+
+BRAIN_CENTRE_MM = (0.0, -17.0, 5.0)
+"""Centre of the template brain's bounding box, (x, y, z) in MNI mm."""
+
+VENTRICLE_REGION_MM = ((-25.0, 25.0), (-45.0, 30.0), (-5.0, 35.0))
+"""(x, y, z) limits of the central region whose CSF counts as ventricles."""
+
+HIPPOCAMPUS_CENTRES_MM = ((-26.0, -22.0, -14.0), (26.0, -22.0, -14.0))
+HIPPOCAMPUS_SEMI_AXES_MM = (7.0, 20.0, 7.0)
+HIPPOCAMPUS_TILT_DEG = 30.0
+"""The long axis runs from the posterior-superior tail to the anterior-inferior head."""
+
+CHANNELS = (
+    "ventricles",
+    "sulcal_csf",
+    "outer_cortex",
+    "inner_cortex",
+    "deep_grey",
+    "hippocampi",
+    "white_matter",
+)
+"""Tissue compartments; they partition the brain (their sum is the brain mask)."""
+
+CSF_CHANNELS = (0, 1)
+GREY_CHANNELS = (2, 3, 4, 5)
+WHITE_CHANNEL = 6
+
+_REGION_EDGE_MM = 2.0
+_OUTER_CORTEX_SIGMA_MM = 2.0
+
+
+@dataclass(frozen=True)
+class TemplateGrid:
+    """Tissue compartments of the MNI template sampled on one target grid.
+
+    Instances are shared by a cache: never modify their arrays.
+
+    Attributes
+    ----------
+    affine : ndarray of shape (4, 4)
+        Voxel to world (RAS, MNI mm) transform of the grid.
+    world : torch.Tensor of shape (3, D, H, W)
+        World coordinates (x, y, z) of every voxel centre, float32.
+    channels : torch.Tensor of shape (len(CHANNELS), D, H, W)
+        Tissue probability of each compartment (see CHANNELS), float32.
+    """
+
+    affine: np.ndarray
+    world: torch.Tensor
+    channels: torch.Tensor
+
+    @property
+    def voxel_volume_ml(self):
+        """Volume of one voxel in millilitres."""
+        return abs(np.linalg.det(self.affine[:3, :3])) / 1000.0
+
+
+def grid_affine(shape, fov):
+    """Affine of a grid of ``shape`` voxels spanning ``fov`` mm around the template brain.
+
+    Parameters
+    ----------
+    shape : tuple of 3 int
+        Number of voxels along x, y and z.
+    fov : tuple of 3 float
+        Field of view in mm along x, y and z; the voxel size is ``fov / shape``.
+
+    Returns
+    -------
+    ndarray of shape (4, 4)
+        RAS voxel-to-world affine, world in MNI mm, centred on the brain.
+    """
+    voxel_size = np.asarray(fov, dtype=float) / np.asarray(shape, dtype=float)
+    first_centre = np.asarray(BRAIN_CENTRE_MM) - np.asarray(fov) / 2.0 + voxel_size / 2.0
+    affine = np.diag([*voxel_size, 1.0])
+    affine[:3, 3] = first_centre
+    return affine
+
+
+@functools.lru_cache(maxsize=1)
+def _mni152_tissue_image():
+    """GM, WM and brain mask of the 1 mm template as one float32 4D image."""
+    grey = datasets.load_mni152_gm_template()
+    tissues = [grey, datasets.load_mni152_wm_template(), datasets.load_mni152_brain_mask()]
+    data = np.stack([np.asarray(img.get_fdata(), dtype=np.float32) for img in tissues], axis=-1)
+    return nib.Nifti1Image(data, grey.affine)
+
+
+@functools.lru_cache(maxsize=8)
+def template_on_grid(shape, fov):
+    """The template's tissue compartments on a target grid (cached per grid).
+
+    Parameters
+    ----------
+    shape : tuple of 3 int
+        Number of voxels along x, y and z.
+    fov : tuple of 3 float
+        Field of view in mm along x, y and z.
+
+    Returns
+    -------
+    TemplateGrid
+        Read-only world coordinates and compartments.
+    """
+    affine = grid_affine(shape, fov)
+    voxel_size = np.diag(affine)[:3]
+    # Smoothing to the target voxel size before linear resampling avoids aliasing.
+    smoothed = image.smooth_img(_mni152_tissue_image(), fwhm=voxel_size)
+    resampled = image.resample_img(
+        smoothed, target_affine=affine, target_shape=shape, interpolation="linear"
+    )
+    grey, white, mask = np.moveaxis(resampled.get_fdata(dtype=np.float32), -1, 0)
+    grey, white = grey * mask, white * mask
+    csf = np.clip(mask - grey - white, 0.0, None)
+
+    world = _world_coordinates(affine, shape)
+    central = _box_weight(world, VENTRICLE_REGION_MM)
+    hippocampal = _hippocampus_weight(world)
+    cortex = grey * (1.0 - central) * (1.0 - hippocampal)
+    outer = _closeness_to_csf(csf, voxel_size)
+    channels = np.stack(
+        [
+            csf * central,
+            csf * (1.0 - central),
+            cortex * outer,
+            cortex * (1.0 - outer),
+            grey * central * (1.0 - hippocampal),
+            grey * hippocampal,
+            white,
+        ]
+    ).astype(np.float32)
+    affine.flags.writeable = False
+    return TemplateGrid(affine=affine, world=torch.from_numpy(world),
+                        channels=torch.from_numpy(channels))
+
+
+def _world_coordinates(affine, shape):
+    axes = [affine[k, 3] + affine[k, k] * np.arange(shape[k]) for k in range(3)]
+    return np.stack(np.meshgrid(*axes, indexing="ij")).astype(np.float32)
+
+
+def _box_weight(world, limits):
+    """Soft indicator of an axis-aligned box (logistic edges of _REGION_EDGE_MM)."""
+    weight = np.ones(world.shape[1:], dtype=np.float32)
+    for coordinate, (low, high) in zip(world, limits):
+        weight *= _sigmoid((coordinate - low) / _REGION_EDGE_MM)
+        weight *= _sigmoid((high - coordinate) / _REGION_EDGE_MM)
+    return weight
+
+
+def _hippocampus_weight(world):
+    """Soft indicator of two tilted ellipsoids around the hippocampi."""
+    tilt = np.deg2rad(HIPPOCAMPUS_TILT_DEG)
+    semi_x, semi_long, semi_short = HIPPOCAMPUS_SEMI_AXES_MM
+    weight = np.zeros(world.shape[1:], dtype=np.float32)
+    for centre in HIPPOCAMPUS_CENTRES_MM:
+        dx, dy, dz = world - np.asarray(centre, dtype=np.float32).reshape(3, 1, 1, 1)
+        along = dy * np.cos(tilt) - dz * np.sin(tilt)
+        across = dy * np.sin(tilt) + dz * np.cos(tilt)
+        radius = np.sqrt((dx / semi_x) ** 2 + (along / semi_long) ** 2 + (across / semi_short) ** 2)
+        # Edge width in mm, expressed in units of the shortest semi-axis.
+        weight += _sigmoid((1.0 - radius) * semi_short / _REGION_EDGE_MM)
+    return np.clip(weight, 0.0, 1.0)
+
+
+def _closeness_to_csf(csf, voxel_size):
+    """Weight in [0, 1] that is high where grey matter borders CSF (the pial side)."""
+    nearby_csf = ndimage.gaussian_filter(csf, _OUTER_CORTEX_SIGMA_MM / voxel_size)
+    return np.clip(2.0 * nearby_csf, 0.0, 1.0)
+
+
+def _sigmoid(value):
+    return 1.0 / (1.0 + np.exp(-value))
