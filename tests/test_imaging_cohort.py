@@ -76,6 +76,8 @@ def test_a_csv_manifest_with_a_months_column_keeps_it(manifest_tree):
     frame = read_manifest(path)
     assert frame["months"].tolist() == [0.0, 11.5]  # a gap is filled from the session name
     assert frame.columns[:4].tolist() == ["subject", "session", "months", "path"]
+    path.write_text("subject,session,path,months\nsub-001,ses-M00,scans/a/001_m00.nii.gz,0\n")
+    assert read_manifest(path)["months"].dtype == np.float64  # whole months too
 
 
 @pytest.mark.parametrize(

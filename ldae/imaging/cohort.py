@@ -170,7 +170,8 @@ def _finish(frame, where):
                 )
             frame[column] = values
     from_names = frame["session"].str.extract(_SESSION_MONTHS, expand=False).astype(float)
-    frame["months"] = frame["months"].fillna(from_names) if "months" in frame else from_names
+    months = frame["months"].fillna(from_names) if "months" in frame else from_names
+    frame["months"] = months.astype(float)
 
     repeated = frame.duplicated(["subject", "session"], keep=False)
     if repeated.any():
