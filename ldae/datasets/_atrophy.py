@@ -24,8 +24,8 @@ ATROPHY_REFERENCE_AGE = 40.0
 
 ATROPHY_RATES = {
     "ventricle_mm": (0.15, 4.0),
-    "hippocampus_mm": (0.03, 2.0),
-    "hippocampus_loss": (0.004, 0.15),
+    "hippocampus_mm": (0.02, 1.0),
+    "hippocampus_loss": (0.004, 0.3),
     "cortex_loss": (0.01, 0.2),
 }
 """amount = per_year * (age - ATROPHY_REFERENCE_AGE) + per_severity * severity."""

@@ -67,7 +67,8 @@ def sample_cohort(rng, n_subjects, *, age_range, diagnosis_proportions, visit_mo
         _subject_visits(rng, row, visit_months, dropout, conversion_rate)
         for row in subjects.itertuples(index=False)
     ]
-    scans = pd.concat(visits, ignore_index=True)
+    scans = pd.DataFrame({column: np.concatenate([v[column] for v in visits])
+                          for column in visits[0]})
     for column in ("diagnosis", "baseline_diagnosis"):
         scans[column] = pd.Categorical(scans[column], categories=DIAGNOSES, ordered=True)
     subjects["baseline_diagnosis"] = pd.Categorical(
@@ -125,17 +126,15 @@ def _subject_visits(rng, subject, visit_months, dropout, conversion_rate):
         if upper is not None:
             # Non-converters stay inside their diagnostic band until their last visit.
             rate = min(rate, 0.99 * (upper - severity0) / max(years[-1], 1e-9))
-    return pd.DataFrame(
-        {
-            "subject": subject.subject,
-            "session": [f"ses-M{m:02d}" for m in months],
-            "months": months.astype(int),
-            "age": subject.baseline_age + years,
-            "sex": subject.sex,
-            "diagnosis": diagnosis,
-            "baseline_diagnosis": subject.baseline_diagnosis,
-            "converter": converts,
-            "severity": np.minimum(severity0 + rate * years, 1.0),
-            "site": subject.site,
-        }
-    )
+    return {
+        "subject": np.full(n_visits, subject.subject),
+        "session": np.array([f"ses-M{m:02d}" for m in months]),
+        "months": months.astype(int),
+        "age": subject.baseline_age + years,
+        "sex": np.full(n_visits, subject.sex),
+        "diagnosis": diagnosis,
+        "baseline_diagnosis": np.full(n_visits, subject.baseline_diagnosis),
+        "converter": np.full(n_visits, converts),
+        "severity": np.minimum(severity0 + rate * years, 1.0),
+        "site": np.full(n_visits, subject.site),
+    }

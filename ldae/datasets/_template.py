@@ -96,11 +96,13 @@ def grid_affine(shape, fov):
 
 @functools.lru_cache(maxsize=1)
 def _mni152_tissue_image():
-    """GM, WM and brain mask of the 1 mm template as one float32 4D image."""
-    grey = datasets.load_mni152_gm_template()
-    tissues = [grey, datasets.load_mni152_wm_template(), datasets.load_mni152_brain_mask()]
-    data = np.stack([np.asarray(img.get_fdata(), dtype=np.float32) for img in tissues], axis=-1)
-    return nib.Nifti1Image(data, grey.affine)
+    """GM, WM and CSF fractions inside the brain mask of the 1 mm template (4D, float32)."""
+    images = [datasets.load_mni152_gm_template(), datasets.load_mni152_wm_template(),
+              datasets.load_mni152_brain_mask()]
+    grey, white, mask = (np.asarray(img.get_fdata(), dtype=np.float32) for img in images)
+    grey, white = grey * mask, white * mask
+    csf = np.clip(mask - grey - white, 0.0, None)
+    return nib.Nifti1Image(np.stack([grey, white, csf], axis=-1), images[0].affine)
 
 
 @functools.lru_cache(maxsize=8)
@@ -126,9 +128,7 @@ def template_on_grid(shape, fov):
     resampled = image.resample_img(
         smoothed, target_affine=affine, target_shape=shape, interpolation="linear"
     )
-    grey, white, mask = np.moveaxis(resampled.get_fdata(dtype=np.float32), -1, 0)
-    grey, white = grey * mask, white * mask
-    csf = np.clip(mask - grey - white, 0.0, None)
+    grey, white, csf = np.moveaxis(resampled.get_fdata(dtype=np.float32), -1, 0)
 
     world = _world_coordinates(affine, shape)
     central = _box_weight(world, VENTRICLE_REGION_MM)

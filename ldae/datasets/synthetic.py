@@ -157,6 +157,7 @@ default=None
     _check_arguments(n_subjects, age_range, diagnosis_proportions, visit_months, dropout,
                      conversion_rate, n_sites, head_size_sd, deformation_mm, atrophy_strength,
                      noise, bias_field)
+    folder = None if output_dir is None else _output_folder(output_dir)
     cohort_seed, sites_seed, *subject_seeds = _seed_sequence(random_state).spawn(2 + n_subjects)
 
     subjects, scans = sample_cohort(
@@ -183,9 +184,8 @@ default=None
 
     frame = scans.assign(**{name: np.concatenate([v[name] for v in volumes])
                             for name in volumes[0]})
-    if output_dir is not None:
-        frame["path"] = write_cohort(_output_folder(output_dir), images, frame,
-                                     template.affine, n_jobs=n_jobs)
+    if folder is not None:
+        frame["path"] = write_cohort(folder, images, frame, template.affine, n_jobs=n_jobs)
     descr = DESCR.format(
         shape=shape, fov=fov, voxel=tuple(round(f / s, 3) for f, s in zip(fov, shape)),
         n_subjects=n_subjects, age_range=tuple(age_range), n_sites=n_sites,
