@@ -9,8 +9,7 @@ import pytest
 import statsmodels.formula.api as smf
 from scipy import stats
 
-from ldae.datasets import make_synthetic_cohort
-from ldae.datasets import _bids, _cohort
+from ldae.datasets import _bids, _cohort, make_synthetic_cohort
 from ldae.datasets._template import HIPPOCAMPUS_CENTRES_MM, VENTRICLE_REGION_MM
 from ldae.exceptions import InputError
 
@@ -146,8 +145,8 @@ def test_ad_is_more_likely_in_older_subjects():
         diagnosis_proportions=(0.4, 0.35, 0.25), visit_months=(0,), dropout=0.0,
         conversion_rate=0.0, n_sites=1,
     )
-    is_ad = subjects["baseline_diagnosis"] == "AD"
-    assert is_ad[subjects["baseline_age"] > 80].mean() > 1.5 * is_ad[subjects["baseline_age"] < 65].mean()
+    is_ad, age = subjects["baseline_diagnosis"] == "AD", subjects["baseline_age"]
+    assert is_ad[age > 80].mean() > 1.5 * is_ad[age < 65].mean()
 
 
 # ------------------------------------------------------- atrophy in the table
@@ -172,8 +171,8 @@ def test_atrophy_progresses_within_every_subject(cohort):
         assert (np.diff(scans["hippocampus_volume"]) < 0).all()
         assert (np.diff(scans["grey_matter_volume"]) < 0).all()
         # Atrophy redistributes tissue, it does not change the head.
-        np.testing.assert_allclose(scans["intracranial_volume"], scans["intracranial_volume"].iloc[0],
-                                   rtol=1e-3)
+        head = scans["intracranial_volume"]
+        np.testing.assert_allclose(head, head.iloc[0], rtol=1e-3)
 
 
 # ------------------------------------------------------ atrophy in the images
@@ -194,7 +193,7 @@ def test_dark_voxels_in_the_central_region_track_ventricle_volume_and_severity(c
 def test_hippocampal_atrophy_darkens_the_medial_temporal_lobe():
     # Same seed with and without atrophy: same anatomy, bias fields and noise, so the
     # difference of the images is the atrophy alone.
-    kwargs = dict(shape=SHAPE, random_state=3)
+    kwargs = {"shape": SHAPE, "random_state": 3}
     atrophied = make_synthetic_cohort(20, **kwargs)
     intact = make_synthetic_cohort(20, atrophy_strength=0.0, **kwargs)
     region = hippocampal_mask(world_coordinates(atrophied.affine, SHAPE))
@@ -236,7 +235,8 @@ def test_output_dir_writes_a_bids_tree_with_tables(tmp_path):
     frame = cohort.frame
     assert list(frame.columns) == [*FRAME_COLUMNS, "path"]
     for row, image in zip(frame.itertuples(), cohort.images):
-        expected = tmp_path / row.subject / row.session / "anat" / f"{row.subject}_{row.session}_T1w.nii.gz"
+        name = f"{row.subject}_{row.session}_T1w.nii.gz"
+        expected = tmp_path / row.subject / row.session / "anat" / name
         assert row.path == str(expected.resolve())
         written = nib.load(row.path)
         assert written.get_data_dtype() == np.float32
@@ -291,28 +291,28 @@ def test_a_failed_write_leaves_neither_the_file_nor_a_temporary(tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "argument"),
     [
-        (dict(n_subjects=0), "n_subjects"),
-        (dict(n_subjects=2.5), "n_subjects"),
-        (dict(shape=(32, 40)), "shape"),
-        (dict(shape=(32, 40, -1)), "shape"),
-        (dict(shape=(4, 4, 4)), "shape"),
-        (dict(fov=(100.0, 0.0, 100.0)), "fov"),
-        (dict(age_range=(80, 60)), "age_range"),
-        (dict(diagnosis_proportions=(0.5, 0.5, 0.5)), "diagnosis_proportions"),
-        (dict(diagnosis_proportions=(1.0, 0.0)), "diagnosis_proportions"),
-        (dict(visit_months=(6, 12)), "visit_months"),
-        (dict(visit_months=(0, 12, 12)), "visit_months"),
-        (dict(dropout=1.5), "dropout"),
-        (dict(conversion_rate=-0.1), "conversion_rate"),
-        (dict(n_sites=0), "n_sites"),
-        (dict(noise=-0.01), "noise"),
-        (dict(deformation_mm=float("nan")), "deformation_mm"),
-        (dict(random_state=-1), "random_state"),
-        (dict(random_state="seed"), "random_state"),
+        ({"n_subjects": 0}, "n_subjects"),
+        ({"n_subjects": 2.5}, "n_subjects"),
+        ({"shape": (32, 40)}, "shape"),
+        ({"shape": (32, 40, -1)}, "shape"),
+        ({"shape": (4, 4, 4)}, "shape"),
+        ({"fov": (100.0, 0.0, 100.0)}, "fov"),
+        ({"age_range": (80, 60)}, "age_range"),
+        ({"diagnosis_proportions": (0.5, 0.5, 0.5)}, "diagnosis_proportions"),
+        ({"diagnosis_proportions": (1.0, 0.0)}, "diagnosis_proportions"),
+        ({"visit_months": (6, 12)}, "visit_months"),
+        ({"visit_months": (0, 12, 12)}, "visit_months"),
+        ({"dropout": 1.5}, "dropout"),
+        ({"conversion_rate": -0.1}, "conversion_rate"),
+        ({"n_sites": 0}, "n_sites"),
+        ({"noise": -0.01}, "noise"),
+        ({"deformation_mm": float("nan")}, "deformation_mm"),
+        ({"random_state": -1}, "random_state"),
+        ({"random_state": "seed"}, "random_state"),
     ],
 )
 def test_bad_arguments_raise_input_error_naming_them(kwargs, argument):
-    arguments = dict(n_subjects=2, shape=SHAPE) | kwargs
+    arguments = {"n_subjects": 2, "shape": SHAPE} | kwargs
     n_subjects = arguments.pop("n_subjects")
     with pytest.raises(InputError, match=re.escape(argument)):
         make_synthetic_cohort(n_subjects, **arguments)

@@ -15,7 +15,7 @@ import torch
 
 from ._atrophy import atrophy_displacement, thin
 from ._fields import control_grid_affine, sample_grid, smooth_random_field
-from ._template import BRAIN_CENTRE_MM, GREY_CHANNELS
+from ._template import BRAIN_CENTRE_MM, GREY_CHANNELS, HIPPOCAMPI, VENTRICLES
 
 HEAD_SCALE_BY_SEX = {"F": 0.98, "M": 1.02}
 DEFORMATION_SPACING_MM = 8.0
@@ -107,8 +107,8 @@ def tissue_volumes(tissues, voxel_volume_ml):
     """
     per_channel = tissues.sum(dim=(2, 3, 4)).double().numpy() * voxel_volume_ml
     return {
-        "ventricle_volume": per_channel[:, 0],
-        "hippocampus_volume": per_channel[:, 5],
+        "ventricle_volume": per_channel[:, VENTRICLES],
+        "hippocampus_volume": per_channel[:, HIPPOCAMPI],
         "grey_matter_volume": per_channel[:, list(GREY_CHANNELS)].sum(axis=1),
         "intracranial_volume": per_channel.sum(axis=1),
     }

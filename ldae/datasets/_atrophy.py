@@ -6,8 +6,9 @@ the smoothed ventricle map (points flow into the ventricles, so a scan sampled t
 the flow shows them larger) or minus that of the hippocampus map. A flow is a
 diffeomorphism for any ``a``, unlike a displacement that scales with ``a``. The flows
 are computed once on a coarse world grid at levels of ATROPHY_LEVEL_STEP_MM and
-interpolated between levels. Cortical thinning and hippocampal tissue loss turn part
-of the outer cortex and of the hippocampi into CSF.
+interpolated between levels; the two displacements add (their supports barely meet).
+Cortical thinning and hippocampal tissue loss turn part of the outer cortex and of the
+hippocampi into CSF.
 """
 
 import functools
@@ -17,7 +18,13 @@ import torch
 from scipy import ndimage
 
 from ._fields import sample_grid
-from ._template import template_on_grid
+from ._template import (
+    HIPPOCAMPI,
+    OUTER_CORTEX,
+    SULCAL_CSF,
+    VENTRICLES,
+    template_on_grid,
+)
 
 ATROPHY_REFERENCE_AGE = 40.0
 """Age at which the (young adult) template shows no atrophy."""
@@ -102,7 +109,8 @@ def thin(tissues, amounts):
     amounts : dict of str to ndarray of shape (n_scans,)
         Output of :func:`atrophy_amounts`.
     """
-    sulcal_csf, outer_cortex, hippocampi = tissues[:, 1], tissues[:, 2], tissues[:, 5]
+    sulcal_csf = tissues[:, SULCAL_CSF]
+    outer_cortex, hippocampi = tissues[:, OUTER_CORTEX], tissues[:, HIPPOCAMPI]
     for channel, name in ((outer_cortex, "cortex_loss"), (hippocampi, "hippocampus_loss")):
         lost = channel * torch.as_tensor(amounts[name], dtype=torch.float32).view(-1, 1, 1, 1)
         channel -= lost
@@ -115,8 +123,8 @@ def _atrophy_flows():
     grid = template_on_grid(*_FLOW_GRID)
     voxel_size = np.diag(grid.affine)[:3]
     velocities = {
-        "ventricle_mm": _unit_peak_gradient(grid.channels[0].numpy(), voxel_size),
-        "hippocampus_mm": -_unit_peak_gradient(grid.channels[5].numpy(), voxel_size),
+        "ventricle_mm": _unit_peak_gradient(grid.channels[VENTRICLES].numpy(), voxel_size),
+        "hippocampus_mm": -_unit_peak_gradient(grid.channels[HIPPOCAMPI].numpy(), voxel_size),
     }
     flows = {}
     for name, velocity in velocities.items():

@@ -107,25 +107,19 @@ def _sample_diagnoses(rng, age, middle_age, proportions):
 
 
 def _subject_visits(rng, subject, visit_months, dropout, conversion_rate):
-    n_visits = len(visit_months) if dropout == 0 else min(len(visit_months), rng.geometric(dropout))
-    months = np.asarray(visit_months[:n_visits])
+    months = np.asarray(visit_months[:_number_of_visits(rng, len(visit_months), dropout)])
     years = months / 12.0
-    diagnosis = np.full(n_visits, subject.baseline_diagnosis, dtype=object)
-    converts = subject.baseline_diagnosis == "MCI" and n_visits > 1 and rng.random() < conversion_rate
+    diagnosis = np.full(len(months), subject.baseline_diagnosis, dtype=object)
+    converts = bool(subject.baseline_diagnosis == "MCI" and len(months) > 1
+                    and rng.random() < conversion_rate)
     if converts:
-        first_ad_visit = rng.integers(1, n_visits)
-        onset = rng.uniform(years[first_ad_visit - 1], years[first_ad_visit])
-        severity0 = max(BASELINE_SEVERITY["MCI"][0],
-                        AD_THRESHOLD - rng.uniform(*CONVERTER_RATE_PER_YEAR) * onset)
-        rate = (AD_THRESHOLD - severity0) / onset
+        first_ad_visit = rng.integers(1, len(months))
+        severity0, rate = _converter_progression(rng, years[first_ad_visit - 1],
+                                                 years[first_ad_visit])
         diagnosis[first_ad_visit:] = "AD"
     else:
-        severity0 = rng.uniform(*BASELINE_SEVERITY[subject.baseline_diagnosis])
-        rate = rng.uniform(*SEVERITY_RATE_PER_YEAR[subject.baseline_diagnosis])
-        upper = {"CN": BASELINE_SEVERITY["MCI"][0], "MCI": AD_THRESHOLD}.get(subject.baseline_diagnosis)
-        if upper is not None:
-            # Non-converters stay inside their diagnostic band until their last visit.
-            rate = min(rate, 0.99 * (upper - severity0) / max(years[-1], 1e-9))
+        severity0, rate = _stable_progression(rng, subject.baseline_diagnosis, years[-1])
+    n_visits = len(months)
     return {
         "subject": np.full(n_visits, subject.subject),
         "session": np.array([f"ses-M{m:02d}" for m in months]),
@@ -138,3 +132,26 @@ def _subject_visits(rng, subject, visit_months, dropout, conversion_rate):
         "severity": np.minimum(severity0 + rate * years, 1.0),
         "site": np.full(n_visits, subject.site),
     }
+
+
+def _number_of_visits(rng, n_planned, dropout):
+    """Visits until drop-out: each visit is the last one with probability ``dropout``."""
+    return n_planned if dropout == 0 else min(n_planned, int(rng.geometric(dropout)))
+
+
+def _converter_progression(rng, last_mci_years, first_ad_years):
+    """Baseline severity and yearly rate that cross the AD threshold between two visits."""
+    onset = first_ad_years - rng.uniform(0.0, first_ad_years - last_mci_years)
+    severity0 = max(BASELINE_SEVERITY["MCI"][0],
+                    AD_THRESHOLD - rng.uniform(*CONVERTER_RATE_PER_YEAR) * onset)
+    return severity0, (AD_THRESHOLD - severity0) / onset
+
+
+def _stable_progression(rng, diagnosis, follow_up_years):
+    """Baseline severity and yearly rate that stay in the diagnosis' band until the end."""
+    severity0 = rng.uniform(*BASELINE_SEVERITY[diagnosis])
+    rate = rng.uniform(*SEVERITY_RATE_PER_YEAR[diagnosis])
+    upper = {"CN": BASELINE_SEVERITY["MCI"][0], "MCI": AD_THRESHOLD}.get(diagnosis)
+    if upper is not None and follow_up_years > 0:
+        rate = min(rate, 0.99 * (upper - severity0) / follow_up_years)
+    return severity0, rate

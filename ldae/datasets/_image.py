@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ._fields import control_grid_affine, sample_grid, smooth_random_field
-from ._template import CSF_CHANNELS, GREY_CHANNELS, WHITE_CHANNEL
+from ._template import CSF_CHANNELS, GREY_CHANNELS, WHITE_MATTER
 
 TISSUE_INTENSITY_RANGES = {"csf": (0.12, 0.22), "grey": (0.42, 0.52), "white": (0.70, 0.80)}
 """Site intensities of each tissue are uniform in these ranges."""
@@ -94,7 +94,7 @@ def form_images(rng, tissues, world, site):
     weights = torch.zeros(tissues.shape[1])
     weights[list(CSF_CHANNELS)] = site.csf
     weights[list(GREY_CHANNELS)] = site.grey
-    weights[WHITE_CHANNEL] = site.white
+    weights[WHITE_MATTER] = site.white
     images = torch.einsum("nc...,c->n...", tissues, weights)
     images *= _bias_fields(rng, len(images), world, site.bias)
     brain = tissues.sum(dim=1)

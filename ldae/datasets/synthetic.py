@@ -1,5 +1,6 @@
 """Synthetic longitudinal T1-weighted cohorts with known ground truth."""
 
+from itertools import pairwise
 from numbers import Integral, Real
 from pathlib import Path
 
@@ -169,21 +170,18 @@ default=None
         np.random.default_rng(sites_seed), n_sites, noise=noise, bias_field=bias_field)))
     template = template_on_grid(shape, fov)
     images = np.empty((len(scans), *shape), dtype=np.float32)
-    volumes = []
-    rows = scans.groupby("subject", sort=False).indices
+    truth = {}
+    rows_of = scans.groupby("subject", sort=False).indices
     for subject, seed in zip(subjects.itertuples(index=False), subject_seeds):
-        rng = np.random.default_rng(seed)
-        visits = scans.iloc[rows[subject.subject]]
-        anatomy = sample_subject_anatomy(rng, subject.sex, head_size_sd=head_size_sd,
-                                         deformation_mm=deformation_mm)
-        amounts = atrophy_amounts(visits["age"], visits["severity"], atrophy_strength)
-        tissues = scan_tissues(template, anatomy, amounts)
-        volumes.append(tissue_volumes(tissues, template.voxel_volume_ml))
-        images[rows[subject.subject]] = form_images(rng, tissues, template.world,
-                                                    sites[subject.site])
-
-    frame = scans.assign(**{name: np.concatenate([v[name] for v in volumes])
-                            for name in volumes[0]})
+        rows = rows_of[subject.subject]
+        images[rows], volumes = _render_subject(
+            np.random.default_rng(seed), subject, scans.iloc[rows], template,
+            sites[subject.site], head_size_sd=head_size_sd, deformation_mm=deformation_mm,
+            atrophy_strength=atrophy_strength,
+        )
+        for name, values in volumes.items():
+            truth.setdefault(name, np.empty(len(scans)))[rows] = values
+    frame = scans.assign(**truth)
     if folder is not None:
         frame["path"] = write_cohort(folder, images, frame, template.affine, n_jobs=n_jobs)
     descr = DESCR.format(
@@ -192,6 +190,17 @@ default=None
         visit_months=tuple(visit_months), dropout=dropout, n_scans=len(frame),
     )
     return Bunch(images=images, frame=frame, affine=np.array(template.affine), DESCR=descr)
+
+
+def _render_subject(rng, subject, visits, template, site, *, head_size_sd, deformation_mm,
+                    atrophy_strength):
+    """Images and true volumes of one subject's visits."""
+    anatomy = sample_subject_anatomy(rng, subject.sex, head_size_sd=head_size_sd,
+                                     deformation_mm=deformation_mm)
+    amounts = atrophy_amounts(visits["age"], visits["severity"], atrophy_strength)
+    tissues = scan_tissues(template, anatomy, amounts)
+    volumes = tissue_volumes(tissues, template.voxel_volume_ml)
+    return form_images(rng, tissues, template.world, site), volumes
 
 
 def _seed_sequence(random_state):
@@ -238,7 +247,7 @@ def _check_arguments(n_subjects, age_range, diagnosis_proportions, visit_months,
              diagnosis_proportions)
     _require(_is_numbers(visit_months, None) and len(visit_months) >= 1
              and all(isinstance(m, Integral) for m in visit_months) and visit_months[0] == 0
-             and all(b > a for a, b in zip(visit_months, visit_months[1:])),
+             and all(b > a for a, b in pairwise(visit_months)),
              "visit_months must be strictly increasing integers starting at 0", visit_months)
     for name, value in (("dropout", dropout), ("conversion_rate", conversion_rate)):
         _require(isinstance(value, Real) and 0 <= value <= 1, f"{name} must be in [0, 1]", value)
