@@ -2,8 +2,9 @@
 
 Ventricles enlarge and hippocampi shrink by deformation. Each deformation is the flow,
 for a "time" ``a`` (mm), of a fixed smooth velocity field: the normalised gradient of
-the smoothed ventricle map (points flow into the ventricles, so a scan sampled through
-the flow shows them larger) or minus that of the hippocampus map. A flow is a
+the smoothed map of the lateral ventricles (points flow into them, so a scan sampled
+through the flow shows them larger; the midline third ventricle and cisterns are left
+out of the map, or the flow would balloon them) or minus that of the hippocampus map. A flow is a
 diffeomorphism for any ``a``, unlike a displacement that scales with ``a``. The flows
 are computed once on a coarse world grid at levels of ATROPHY_LEVEL_STEP_MM and
 interpolated between levels; the two displacements add (their supports barely meet).
@@ -16,6 +17,7 @@ import functools
 import numpy as np
 import torch
 from scipy import ndimage
+from scipy.special import expit
 
 from ._fields import sample_grid
 from ._template import (
@@ -41,6 +43,7 @@ ATROPHY_LEVEL_STEP_MM = 1.0
 MAX_FLOW_MM = {"ventricle_mm": 16.0, "hippocampus_mm": 6.0}
 _FLOW_GRID = ((45, 56, 45), (180.0, 224.0, 180.0))  # 4 mm voxels around the brain
 _POTENTIAL_SIGMA_MM = 6.0
+_MIDLINE_HALF_WIDTH_MM = 5.0
 _EULER_STEPS_PER_LEVEL = 2
 
 
@@ -122,8 +125,10 @@ def _atrophy_flows():
     """Flow displacements at every level for ventricles and hippocampi (cached)."""
     grid = template_on_grid(*_FLOW_GRID)
     voxel_size = np.diag(grid.affine)[:3]
+    lateral = expit(np.abs(grid.world[0].numpy()) - _MIDLINE_HALF_WIDTH_MM)
+    lateral_ventricles = grid.channels[VENTRICLES].numpy() * lateral
     velocities = {
-        "ventricle_mm": _unit_peak_gradient(grid.channels[VENTRICLES].numpy(), voxel_size),
+        "ventricle_mm": _unit_peak_gradient(lateral_ventricles, voxel_size),
         "hippocampus_mm": -_unit_peak_gradient(grid.channels[HIPPOCAMPI].numpy(), voxel_size),
     }
     flows = {}

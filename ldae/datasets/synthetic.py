@@ -29,8 +29,9 @@ the diagnosis; MCI converters cross into AD between two visits. Visits follow th
 grid {visit_months} with a drop-out of {dropout} after each visit ({n_scans} scans).
 
 Each subject has its own head size and smooth random deformation, shared by its visits.
-Ventricles enlarge and hippocampi shrink by deformation (flows in template space), and
-the outer cortex and hippocampi partly turn into CSF, with age and severity. Images mix
+The lateral ventricles enlarge and the hippocampi shrink by deformation (flows in
+template space), and the outer cortex and hippocampi partly turn into CSF, with age and
+severity. Images mix
 tissue intensities with a per-site contrast, a smooth multiplicative bias field and
 Gaussian noise, and are clipped to [0, 1].
 
@@ -105,7 +106,9 @@ def make_synthetic_cohort(
         Root-mean-square length (mm), along each axis, of each subject's smooth random
         deformation (Gaussian correlation length 20 mm).
     atrophy_strength : float, default=1.0
-        Multiplies every atrophy effect; 0 gives scans without atrophy.
+        Multiplies every atrophy effect; 0 gives scans without atrophy. The ventricular
+        and hippocampal deformations saturate at 16 mm and 6 mm of flow, and tissue loss
+        at 100 %.
     noise : float, default=0.02
         Typical standard deviation of the Gaussian noise inside the brain (intensities
         in [0, 1]); each site's is 0.75 to 1.25 times it.
@@ -129,7 +132,7 @@ default=None
     -------
     sklearn.utils.Bunch
         images : ndarray of shape (n_scans, *shape)
-            float32 intensities in [0, 1].
+            float32 intensities in [0, 1], held in memory (4 bytes per voxel).
         frame : pandas.DataFrame
             One row per scan: subject (``sub-001``), session (``ses-M00``), months, age
             (at the scan), sex (F/M), diagnosis (at the scan; categorical CN < MCI < AD),
