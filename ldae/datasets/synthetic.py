@@ -117,8 +117,8 @@ def make_synthetic_cohort(
         each site's is 0.5 to 1.5 times it.
     random_state : int, numpy.random.Generator, numpy.random.RandomState or None, \
 default=None
-        Seed of the cohort. The same value gives exactly the same cohort; the anatomy
-        and table of a subject do not depend on ``shape``.
+        Seed of the cohort; None draws fresh entropy. The same value gives exactly the
+        same cohort; the anatomy and table of a subject do not depend on ``shape``.
     output_dir : str, os.PathLike or None, default=None
         If given, also write the cohort there as a BIDS-like tree:
         ``sub-XXX/ses-MYY/anat/sub-XXX_ses-MYY_T1w.nii.gz`` (float32, the grid's affine),
@@ -148,6 +148,13 @@ default=None
     ------
     ldae.exceptions.InputError
         If an argument is out of range; the message names it.
+
+    Notes
+    -----
+    Severity drives the diagnosis: CN below 0.2, MCI from 0.2 to 0.5, AD from 0.5. The
+    true volumes include partial volume at the grid's voxel size, so thin structures
+    (the ventricles) measure a few percent larger on finer grids. The first call for a
+    grid resamples the template (a few seconds); later calls reuse it.
 
     Examples
     --------
