@@ -395,7 +395,8 @@ class LDAEEncoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         return model
 
     def __getstate__(self):
-        state = super().__getstate__()
+        # object.__getstate__ may hand back the live __dict__: copy before editing
+        state = dict(super().__getstate__())
         if all(name in state for name in NETWORKS):
             state["_weights"] = self._cpu_weights()
             for name in NETWORKS:
