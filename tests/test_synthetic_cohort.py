@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import statsmodels.formula.api as smf
+import torch
 from scipy import stats
 from scipy.spatial.distance import cdist
 
@@ -53,9 +54,11 @@ def hippocampal_mask(world):
 
 
 def test_same_seed_gives_identical_cohort_and_another_seed_a_different_one():
+    threads = torch.get_num_threads()
     first = make_synthetic_cohort(4, shape=SHAPE, random_state=7)
-    again = make_synthetic_cohort(4, shape=SHAPE, random_state=7)
+    again = make_synthetic_cohort(4, shape=SHAPE, random_state=7, n_jobs=2)
     other = make_synthetic_cohort(4, shape=SHAPE, random_state=8)
+    assert torch.get_num_threads() == threads  # torch's setting is restored
     np.testing.assert_array_equal(first.images, again.images)
     pd.testing.assert_frame_equal(first.frame, again.frame)
     assert not first.frame["age"].equals(other.frame["age"])

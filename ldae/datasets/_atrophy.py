@@ -92,7 +92,7 @@ def atrophy_displacement(amounts):
     affine : ndarray of shape (4, 4)
         Voxel-to-world affine of the flow grid.
     """
-    flows, affine = _atrophy_flows()
+    flows, affine = atrophy_flows()
     displacement = 0.0
     for name, levels in flows.items():
         position = torch.as_tensor(amounts[name], dtype=torch.float32) / ATROPHY_LEVEL_STEP_MM
@@ -121,8 +121,17 @@ def thin(tissues, amounts):
 
 
 @functools.lru_cache(maxsize=1)
-def _atrophy_flows():
-    """Flow displacements at every level for ventricles and hippocampi (cached)."""
+def atrophy_flows():
+    """Flow displacements at every level, computed once per process.
+
+    Returns
+    -------
+    flows : dict of str to torch.Tensor of shape (n_levels, 3, X, Y, Z)
+        For ``"ventricle_mm"`` and ``"hippocampus_mm"``: the displacement after a flow
+        of 0, 1, 2, ... ATROPHY_LEVEL_STEP_MM.
+    affine : ndarray of shape (4, 4)
+        Voxel-to-world affine of the flow grid.
+    """
     grid = template_on_grid(*_FLOW_GRID)
     voxel_size = np.diag(grid.affine)[:3]
     lateral = expit(np.abs(grid.world[0].numpy()) - _MIDLINE_HALF_WIDTH_MM)

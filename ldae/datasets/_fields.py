@@ -73,18 +73,10 @@ def sample_grid(volumes, points, affine):
     normalised = (points - origin) * (2.0 / extent) - 1.0
     # grid_sample wants coordinates last, the first one indexing the last spatial axis.
     grid = torch.stack([normalised[:, 2], normalised[:, 1], normalised[:, 0]], dim=-1)
-    grid = grid.expand(n_items, *grid.shape[1:])
-    volumes = volumes.expand(n_items, *volumes.shape[1:])
-    # The CPU kernel of 3D grid_sample runs in parallel over the batch only: split a
-    # single item into one slab per thread.
-    n_slabs = torch.get_num_threads() if n_items == 1 else 1
-    if n_slabs > 1 and grid.shape[1] % n_slabs == 0:
-        slabs = grid.reshape(n_slabs, grid.shape[1] // n_slabs, *grid.shape[2:])
-        sampled = _grid_sample(volumes.expand(n_slabs, *volumes.shape[1:]), slabs)
-        return sampled.transpose(0, 1).reshape(1, volumes.shape[1], *grid.shape[1:4])
-    return _grid_sample(volumes, grid)
-
-
-def _grid_sample(volumes, grid):
-    return F.grid_sample(volumes, grid, mode="bilinear", padding_mode="zeros",
-                         align_corners=True)
+    return F.grid_sample(
+        volumes.expand(n_items, *volumes.shape[1:]),
+        grid.expand(n_items, *grid.shape[1:]),
+        mode="bilinear",
+        padding_mode="zeros",
+        align_corners=True,
+    )

@@ -1,15 +1,18 @@
 """Synthetic longitudinal T1-weighted cohorts with known ground truth."""
 
+from contextlib import contextmanager
 from itertools import pairwise
 from numbers import Integral, Real
 from pathlib import Path
 
 import numpy as np
+import torch
+from joblib import Parallel, delayed
 from sklearn.utils import Bunch
 
 from ..exceptions import InputError
 from ._anatomy import sample_subject_anatomy, scan_tissues, tissue_volumes
-from ._atrophy import atrophy_amounts
+from ._atrophy import atrophy_amounts, atrophy_flows
 from ._bids import write_cohort
 from ._cohort import DIAGNOSES, sample_cohort, site_labels
 from ._image import form_images, sample_sites
@@ -126,7 +129,9 @@ default=None
         relative to ``output_dir`` and every frame column) and
         ``dataset_description.json``. Existing files of the same names are replaced.
     n_jobs : int or None, default=None
-        Threads that compress and write NIfTI files (None: 1, -1: all cores).
+        Threads that render subjects and write NIfTI files (None: 1 unless in a
+        :func:`joblib.parallel_config` context, -1: all cores). The cohort does not
+        depend on it.
 
     Returns
     -------
@@ -178,19 +183,24 @@ default=None
     )
     sites = dict(zip(site_labels(n_sites), sample_sites(
         np.random.default_rng(sites_seed), n_sites, noise=noise, bias_field=bias_field)))
-    template = template_on_grid(shape, fov)
     images = np.empty((len(scans), *shape), dtype=np.float32)
-    truth = {}
     rows_of = scans.groupby("subject", sort=False).indices
-    for subject, seed in zip(subjects.itertuples(index=False), subject_seeds):
-        rows = rows_of[subject.subject]
-        images[rows], volumes = _render_subject(
-            np.random.default_rng(seed), subject, scans.iloc[rows], template,
-            sites[subject.site], head_size_sd=head_size_sd, deformation_mm=deformation_mm,
-            atrophy_strength=atrophy_strength,
+    with _torch_threads(1):
+        template = template_on_grid(shape, fov)
+        atrophy_flows()  # computed once here rather than by racing workers
+        volumes = Parallel(n_jobs=n_jobs, prefer="threads")(
+            delayed(_render_subject)(
+                np.random.default_rng(seed), scans.iloc[rows_of[subject.subject]], template,
+                sites[subject.site], images, rows_of[subject.subject], sex=subject.sex,
+                head_size_sd=head_size_sd, deformation_mm=deformation_mm,
+                atrophy_strength=atrophy_strength,
+            )
+            for subject, seed in zip(subjects.itertuples(index=False), subject_seeds)
         )
-        for name, values in volumes.items():
-            truth.setdefault(name, np.empty(len(scans)))[rows] = values
+    truth = {name: np.empty(len(scans)) for name in volumes[0]}
+    for subject, subject_volumes in zip(subjects["subject"], volumes):
+        for name, values in subject_volumes.items():
+            truth[name][rows_of[subject]] = values
     frame = scans.assign(**truth)
     if folder is not None:
         frame["path"] = write_cohort(folder, images, frame, template.affine, n_jobs=n_jobs)
@@ -202,15 +212,31 @@ default=None
     return Bunch(images=images, frame=frame, affine=np.array(template.affine), DESCR=descr)
 
 
-def _render_subject(rng, subject, visits, template, site, *, head_size_sd, deformation_mm,
-                    atrophy_strength):
-    """Images and true volumes of one subject's visits."""
-    anatomy = sample_subject_anatomy(rng, subject.sex, head_size_sd=head_size_sd,
+def _render_subject(rng, visits, template, site, images, rows, *, sex, head_size_sd,
+                    deformation_mm, atrophy_strength):
+    """Render one subject's visits into ``images[rows]``; return their true volumes."""
+    anatomy = sample_subject_anatomy(rng, sex, head_size_sd=head_size_sd,
                                      deformation_mm=deformation_mm)
     amounts = atrophy_amounts(visits["age"], visits["severity"], atrophy_strength)
     tissues = scan_tissues(template, anatomy, amounts)
-    volumes = tissue_volumes(tissues, template.voxel_volume_ml)
-    return form_images(rng, tissues, template.world, site), volumes
+    images[rows] = form_images(rng, tissues, template.world, site)
+    return tissue_volumes(tissues, template.voxel_volume_ml)
+
+
+@contextmanager
+def _torch_threads(n_threads):
+    """Temporarily set torch's intra-op threads.
+
+    Subjects are rendered in parallel by joblib threads, each running torch on one
+    thread: on a shared machine, torch's own thread pool spends most of its time
+    waiting at the barriers of small operations.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _seed_sequence(random_state):
