@@ -188,7 +188,7 @@ default=None
     with _torch_threads(1):
         template = template_on_grid(shape, fov)
         atrophy_flows()  # computed once here rather than by racing workers
-        volumes = Parallel(n_jobs=n_jobs, prefer="threads")(
+        volumes = Parallel(n_jobs=n_jobs, require="sharedmem")(
             delayed(_render_subject)(
                 np.random.default_rng(seed), scans.iloc[rows_of[subject.subject]], template,
                 sites[subject.site], images, rows_of[subject.subject], sex=subject.sex,
