@@ -13,9 +13,9 @@ from .probes import probe_embeddings
 
 DEMO_SHAPE = (32, 40, 32)
 FULL = dict(n_subjects=60, overrides={})
-# --quick trains a third of the epochs on half the subjects: a smoke run of the
-# whole path in under two minutes, not a result.
-QUICK = dict(n_subjects=30, overrides=dict(ae_epochs=8, diffusion_epochs=20, representation_epochs=20))
+# --quick trains half the epochs on a third of the subjects: a smoke run of the
+# whole path, not a result.
+QUICK = dict(n_subjects=20, overrides=dict(ae_epochs=5, diffusion_epochs=15, representation_epochs=15))
 
 
 def run_demo(output_dir="ldae-demo", *, quick=False, n_subjects=None, random_state=0, verbose=1):

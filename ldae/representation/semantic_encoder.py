@@ -115,7 +115,9 @@ class LatentSemanticEncoder(nn.Module):
     """A small 3D CNN semantic encoder over the stage-1 latent (the cheap option).
 
     Two conv blocks (GroupNorm, SiLU) per level, each level after the first halving
-    the latent size, global average pooling, a linear projection and LayerNorm.
+    the latent size, average pooling to a 2x2x2 grid (kept, not averaged away: where
+    a difference lies, e.g. central ventricles or medial temporal lobes, is what
+    distinguishes brains), a linear projection and LayerNorm.
 
     Parameters
     ----------
@@ -145,7 +147,8 @@ class LatentSemanticEncoder(nn.Module):
         self.latent_channels = int(latent_channels)
         self.embedding_dim = int(embedding_dim)
         self.features = _conv_stack(3, self.latent_channels, channels, norm_num_groups)
-        self.projection = nn.Linear(channels[-1], self.embedding_dim)
+        self.pool = nn.AdaptiveAvgPool3d(2)
+        self.projection = nn.Linear(channels[-1] * 8, self.embedding_dim)
         self.norm = nn.LayerNorm(self.embedding_dim)
 
     def forward(self, z):
@@ -162,5 +165,5 @@ class LatentSemanticEncoder(nn.Module):
             Codes, shape (B, embedding_dim).
         """
         _check_input(z, self.latent_channels, "latents")
-        pooled = self.features(z).mean(dim=(2, 3, 4))
+        pooled = self.pool(self.features(z)).flatten(1)
         return self.norm(self.projection(pooled))
