@@ -15,6 +15,7 @@ from sklearn.compose import ColumnTransformer
 from sklearn.decomposition import PCA
 from sklearn.dummy import DummyRegressor
 from sklearn.linear_model import LogisticRegression, RidgeCV
+from sklearn.metrics import f1_score, make_scorer, precision_score, recall_score
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -22,7 +23,14 @@ from . import stats
 from .exceptions import InputError
 from .model_selection import RepeatedStratifiedGroupKFold, run_study
 
-CLASSIFICATION_SCORING = ("roc_auc", "accuracy", "precision", "recall", "f1")
+# a fold whose probe predicts no AD scores 0 precision/F1 rather than warning per fold
+CLASSIFICATION_SCORING = {
+    "roc_auc": "roc_auc",
+    "accuracy": "accuracy",
+    "precision": make_scorer(precision_score, zero_division=0),
+    "recall": make_scorer(recall_score, zero_division=0),
+    "f1": make_scorer(f1_score, zero_division=0),
+}
 REGRESSION_SCORING = {"mae": "neg_mean_absolute_error", "rmse": "neg_root_mean_squared_error"}
 MEAN_AGE_BASELINE = "mean age"
 
@@ -110,7 +118,7 @@ def probe_embeddings(features, frame, *, voxels=None, n_splits=5, n_repeats=1, r
     classifiers = {name: _probe(columns[name], LogisticRegression(max_iter=2000),
                                 pca=name == "PCA of voxels") for name in blocks}
     diagnosis = run_study(classifiers, X[diseased], is_ad, groups=subjects[diseased], cv=cv,
-                          scoring=list(CLASSIFICATION_SCORING), n_jobs=n_jobs)
+                          scoring=CLASSIFICATION_SCORING, n_jobs=n_jobs)
 
     regressors = {name: _probe(columns[name], RidgeCV(alphas=np.logspace(-3, 3, 13)),
                                pca=name == "PCA of voxels") for name in blocks}
