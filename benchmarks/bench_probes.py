@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from ldae.demo import _markdown, run_demo
+from ldae.demo import run_demo
+from ldae.model_selection import markdown_table
 
 OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
 
@@ -70,9 +71,9 @@ def main(argv=None):
         f"# Linear probes on the synthetic cohort ({result['subjects']} subjects, "
         f"{result['scans']} scans)", "",
         f"Command: `{result['command']}`", "",
-        _markdown(probes.table().reset_index(names="features")), "",
+        markdown_table(probes.table().reset_index(names="features")), "",
         "LDAE against the baselines (corrected resampled t-test, Holm):", "",
-        _markdown(comparisons[["metric", "model_a", "model_b", "mean_difference", "pvalue",
+        markdown_table(comparisons[["metric", "model_a", "model_b", "mean_difference", "pvalue",
                                "pvalue_corrected"]]), "",
         "Fit seconds per stage: " + ", ".join(
             f"{stage} {seconds:.0f}" for stage, seconds in encoder.fit_seconds_.items()),

@@ -9,6 +9,7 @@ import numpy as np
 from . import __version__
 from .datasets import make_synthetic_cohort
 from .encoder import LDAEEncoder
+from .model_selection import markdown_table
 from .probes import probe_embeddings
 
 DEMO_SHAPE = (32, 40, 32)
@@ -96,10 +97,10 @@ def _write_report(folder, cohort, encoder, table, comparisons, timings, quick):
         "## Linear probes", "",
         "Subject-grouped stratified 5-fold cross-validation; the encoder was trained once, "
         "without labels, on every scan (a transductive representation).", "",
-        _markdown(table.reset_index(names="features")), "",
+        markdown_table(table.reset_index(names="features")), "",
         "## LDAE against the baselines", "",
         "Corrected resampled t-test (Nadeau & Bengio) on the per-fold scores, Holm-corrected.", "",
-        _markdown(comparisons), "",
+        markdown_table(comparisons), "",
         "## Run", "",
         f"- mode: {'quick' if quick else 'full'}; preset small; "
         f"embedding size {encoder.config_.embedding_dim}",
@@ -114,13 +115,3 @@ def _write_report(folder, cohort, encoder, table, comparisons, timings, quick):
     temporary.write_text("\n".join(lines) + "\n")
     temporary.replace(path)
     return path
-
-
-def _markdown(frame):
-    def cell(value):
-        return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-    header = "| " + " | ".join(map(str, frame.columns)) + " |"
-    rule = "|" + "---|" * len(frame.columns)
-    rows = ["| " + " | ".join(cell(value) for value in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join([header, rule, *rows])

@@ -183,13 +183,7 @@ class StudyResult:
         table : str
             A GitHub-flavoured Markdown table, one row per model.
         """
-        table = self._formatted_summary(digits)
-        header = ["model", *table.columns]
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for model, row in table.iterrows():
-            cells = [str(model).replace("|", r"\|"), *row]
-            lines.append("| " + " | ".join(cells) + " |")
-        return "\n".join(lines)
+        return markdown_table(self._formatted_summary(digits).reset_index(names="model"))
 
     def _repr_html_(self):
         return self._formatted_summary(digits=3).to_html()
@@ -249,6 +243,32 @@ class StudyResult:
         ax.set_ylabel(metric)
         ax.set_title(f"{metric} per fold ({len(values)} splits)")
         return ax.figure
+
+
+def markdown_table(frame, digits=4):
+    """Render a DataFrame as a GitHub-flavoured Markdown table (no ``tabulate`` needed).
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        Its columns become the header; the index is not shown.
+    digits : int, default=4
+        Significant digits of float cells.
+
+    Returns
+    -------
+    str
+    """
+
+    def cell(value):
+        text = f"{value:.{digits}g}" if isinstance(value, float) else str(value)
+        return text.replace("|", r"\|")
+
+    header = "| " + " | ".join(map(str, frame.columns)) + " |"
+    rule = "|" + "---|" * len(frame.columns)
+    rows = ["| " + " | ".join(cell(value) for value in row) + " |"
+            for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *rows])
 
 
 def run_study(
