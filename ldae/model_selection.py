@@ -244,6 +244,66 @@ class StudyResult:
         ax.set_title(f"{metric} per fold ({len(values)} splits)")
         return ax.figure
 
+    def plot_roc(self, ax=None, *, per_subject=True, alpha=0.05):
+        """Plot every model's ROC curve of its pooled out-of-fold scores, with DeLong CIs.
+
+        A scan's out-of-fold scores are averaged over the repeats. DeLong's interval
+        assumes independent samples, so by default the scores are also averaged over
+        each subject's scans and the curve is drawn over subjects. The legend gives
+        each model's AUC with its DeLong confidence interval
+        (:func:`ldae.stats.delong_test`).
+
+        Parameters
+        ----------
+        ax : matplotlib.axes.Axes, optional
+            Axes to draw on; a new figure is created when omitted.
+        per_subject : bool, default=True
+            Average the scores over each subject's scans (the label must then be
+            constant within every subject). ``False`` draws the curve over scans,
+            whose DeLong interval is too narrow when subjects have several scans.
+        alpha : float, default=0.05
+            One minus the confidence level of the AUC intervals.
+
+        Returns
+        -------
+        figure : matplotlib.figure.Figure
+            The figure holding the plot.
+        """
+        import matplotlib.pyplot as plt
+        from sklearn.metrics import roc_curve
+
+        from .stats import delong_test
+
+        if self.predictions is None or "score" not in self.predictions:
+            raise InputError("plot_roc: needs the out-of-fold scores of binary classifiers "
+                             "(run_study with return_predictions=True)")
+        unit = "subjects" if per_subject else "scans"
+        if per_subject and (self.predictions.groupby("subject")["y_true"].nunique() > 1).any():
+            raise InputError("per_subject: the label changes within some subjects; "
+                             "use per_subject=False")
+        scores = self.predictions.pivot_table(
+            index=["subject" if per_subject else "row", "y_true"], columns="model",
+            values="score", aggfunc="mean",
+        ).reindex(columns=self.models)
+        unscored = scores.columns[scores.isna().any()].tolist()
+        if unscored:
+            raise InputError(f"plot_roc: models {unscored} have no binary out-of-fold score")
+
+        if ax is None:
+            _, ax = plt.subplots(figsize=(4.5, 4.5), layout="constrained")
+        y_true = scores.index.get_level_values("y_true").to_numpy()
+        for model in self.models:
+            result = delong_test(y_true, scores[model], scores[model], alpha=alpha)
+            fpr, tpr, _ = roc_curve(y_true, scores[model], pos_label=np.unique(y_true)[1])
+            low, high = result.ci_a
+            ax.plot(fpr, tpr, label=f"{model}: AUC {result.auc_a:.3f} [{low:.3f}, {high:.3f}]")
+        ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=0.8)
+        ax.set_xlabel("false positive rate")
+        ax.set_ylabel("true positive rate")
+        ax.set_title(f"Out-of-fold ROC over {len(scores)} {unit}")
+        ax.legend(title=f"DeLong {1 - alpha:.0%} CI", loc="lower right", fontsize="small")
+        return ax.figure
+
 
 def markdown_table(frame, digits=4):
     """Render a DataFrame as a GitHub-flavoured Markdown table (no ``tabulate`` needed).

@@ -265,3 +265,43 @@ def test_study_result_summaries_and_plot():
     assert labels == ["lda", "dummy"]
     with pytest.raises(InputError, match="metric"):
         result.plot("r2")
+
+
+def test_study_result_plot_roc_draws_subject_level_curves_with_delong_intervals():
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    from ldae.stats import delong_test
+
+    X, y, groups = make_cohort(40)
+    cv = RepeatedStratifiedGroupKFold(3, n_repeats=2, random_state=0)
+    result = run_study(two_models(), X, y, groups=groups, cv=cv, scoring="roc_auc")
+    figure = result.plot_roc()
+    assert isinstance(figure, Figure)
+    ax = figure.axes[0]
+
+    per_subject = result.predictions.query("model == 'lda'").groupby("subject")
+    subject_score = per_subject["score"].mean().to_numpy()
+    subject_label = per_subject["y_true"].first().to_numpy()
+    fpr, tpr, _ = roc_curve(subject_label, subject_score)
+    lda_line = ax.get_lines()[0]
+    np.testing.assert_allclose(lda_line.get_xdata(), fpr)
+    np.testing.assert_allclose(lda_line.get_ydata(), tpr)
+
+    interval = delong_test(subject_label, subject_score, subject_score).ci_a
+    auc = roc_auc_score(subject_label, subject_score)
+    labels = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert labels[0] == f"lda: AUC {auc:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]"
+    assert len(labels) == 2 and labels[1].startswith("dummy: AUC ")
+    assert "40 subjects" in ax.get_title()
+    per_scan = result.plot_roc(per_subject=False).axes[0]
+    assert f"{len(y)} scans" in per_scan.get_title()
+
+    regression = run_study({"ridge": Ridge()}, X, y.astype(float), groups=groups, cv=3,
+                           scoring="r2")
+    with pytest.raises(InputError, match="binary"):
+        regression.plot_roc()
+    changing = y.copy()
+    changing[0] = 1 - changing[0]  # subject 0 now has both labels
+    mixed = run_study(two_models(), X, changing, groups=groups, cv=3, scoring="roc_auc")
+    with pytest.raises(InputError, match="per_subject"):
+        mixed.plot_roc()
