@@ -19,6 +19,9 @@ from ..exceptions import InputError
 # no complaint that two scans of a cohort differ.
 VOXEL_SIZE_RTOL = 1e-3
 
+# Resampling to more voxels than this (4 GiB of float32) means a wrong header.
+MAX_RESAMPLED_VOXELS = 2**30
+
 
 def voxel_sizes(affine):
     """Voxel size in mm along each array axis of a 4x4 affine."""
@@ -131,10 +134,17 @@ def plan_grid(shape, affine, *, voxel_size=None, target_shape=None, name="image"
     Raises
     ------
     InputError
-        If the requested voxel size leaves an axis with fewer than two voxels.
+        If the affine has no clear orientation, or the requested voxel size
+        leaves an axis with fewer than two voxels or makes an absurd number of
+        voxels.
     """
-    orientation = orientations.io_orientation(affine)
-    ras_affine = affine @ orientations.inv_ornt_aff(orientation, shape)
+    try:
+        orientation = orientations.io_orientation(affine)
+        ras_affine = affine @ orientations.inv_ornt_aff(orientation, shape)
+    except orientations.OrientationError as exc:
+        raise InputError(
+            f"{name}: its affine has no clear orientation ({exc}): {affine.tolist()}"
+        ) from exc
     ras_shape = [0, 0, 0]
     for axis, (ras_axis, _) in enumerate(orientation):
         ras_shape[int(ras_axis)] = int(shape[axis])
@@ -144,6 +154,13 @@ def plan_grid(shape, affine, *, voxel_size=None, target_shape=None, name="image"
         voxel_sizes(ras_affine), voxel_size, rtol=VOXEL_SIZE_RTOL, atol=0
     ):
         zoom = tuple(float(v) for v in voxel_sizes(ras_affine) / np.asarray(voxel_size))
+        if math.prod(n * z for n, z in zip(ras_shape, zoom)) > MAX_RESAMPLED_VOXELS:
+            raise InputError(
+                f"{name}: resampling its {tuple(ras_shape)} voxels of "
+                f"{tuple(voxel_sizes(ras_affine).round(4))} mm to {tuple(voxel_size)} mm "
+                f"would make more than {MAX_RESAMPLED_VOXELS} voxels; is its header's "
+                "voxel size right?"
+            )
         # The same arithmetic torch uses for the output size of interpolate.
         ras_shape = [math.floor(n * z) for n, z in zip(ras_shape, zoom)]
         if min(ras_shape) < 2:

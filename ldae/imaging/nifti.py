@@ -3,22 +3,28 @@
 Everything nibabel reads as a volume image is accepted (NIfTI-1/2, Analyze,
 MGH...). Opening reads the header only; the voxels are decoded by
 :func:`read_volume` when they are needed.
+
+Files are untrusted input: whatever nibabel or a decompressor raises while
+parsing one becomes an :class:`~ldae.exceptions.InputError` naming the file,
+and a header that claims more data than the file can hold is refused before
+any memory is allocated for it.
 """
 
+import math
 import os
-import zlib
 
 import nibabel as nib
 import numpy as np
-from nibabel.filebasedimages import ImageFileError
-from nibabel.spatialimages import HeaderDataError, SpatialImage
+from nibabel.spatialimages import SpatialImage
 
 from ..exceptions import InputError
 
-# What nibabel and the decompressors raise for an unreadable, truncated or
-# corrupted file.
-_READ_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, ValueError, zlib.error)
 _COMPRESSED_SUFFIXES = (".gz", ".bz2", ".zst")
+# Deflate expands at most 1032-fold: a gzip file claiming more data is damaged.
+_DEFLATE_MAX_RATIO = 1032
+# Voxel data types a scan may hold: booleans, integers and reals (not complex
+# numbers, RGB triplets or other structured types).
+_SCALAR_KINDS = "biuf"
 
 
 def open_image(path):
@@ -36,8 +42,9 @@ def open_image(path):
     Raises
     ------
     InputError
-        If the path is missing, a directory, not an image nibabel reads, or
-        an uncompressed file shorter than its header says.
+        If the path is missing, a directory, not an image nibabel reads, holds
+        complex or RGB voxels, or is shorter than its header says (exactly for
+        an uncompressed file; beyond what deflate can expand to for a gzip).
     """
     if not os.path.exists(path):
         raise InputError(f"{path}: no such file")
@@ -45,24 +52,62 @@ def open_image(path):
         raise InputError(f"{path}: is a directory, not an image file")
     try:
         image = nib.load(path)
-    except _READ_ERRORS as exc:
-        raise InputError(f"{path}: not a readable NIfTI image ({exc})") from exc
+    except Exception as exc:  # nibabel parses hostile bytes: any failure means a bad file
+        raise InputError(f"{path}: not a readable NIfTI image ({_describe(exc)})") from exc
     if not isinstance(image, SpatialImage):
         raise InputError(f"{path}: a {type(image).__name__} is not a volume image")
-    _check_uncompressed_size(image, path)
+    check_data_type(image, path)
+    _check_file_size(image, path)
     return image
 
 
-def _check_uncompressed_size(image, path):
-    """Catch a truncated uncompressed file from its size, without decoding it."""
+def check_data_type(image, name):
+    """Refuse an image whose voxels are not scalars (complex, RGB, structured).
+
+    Parameters
+    ----------
+    image : nibabel.spatialimages.SpatialImage
+    name : str
+        How to name the image in errors.
+
+    Raises
+    ------
+    InputError
+        If the voxel data type is not boolean, integer or real.
+    """
+    dtype = np.dtype(image.get_data_dtype())
+    if dtype.kind not in _SCALAR_KINDS:
+        kind = {"c": "complex", "V": "RGB or structured"}.get(dtype.kind, "non-numeric")
+        raise InputError(
+            f"{name}: {kind} voxels (data type {dtype}); a scan must hold one real "
+            "intensity per voxel"
+        )
+
+
+def _check_file_size(image, path):
+    """Catch a truncated file, or absurd dimensions, from sizes alone."""
     data_file = image.file_map["image"].filename
     proxy = image.dataobj
-    if data_file.endswith(_COMPRESSED_SUFFIXES) or not hasattr(proxy, "offset"):
+    if not hasattr(proxy, "offset"):
         return
-    needed = proxy.offset + int(np.prod(proxy.shape)) * proxy.dtype.itemsize
+    needed = int(proxy.offset) + math.prod(int(n) for n in proxy.shape) * proxy.dtype.itemsize
     size = os.path.getsize(data_file)
-    if size < needed:
-        raise InputError(f"{path}: truncated file ({size} bytes; its header needs {needed})")
+    if data_file.endswith(".gz") and needed > _DEFLATE_MAX_RATIO * size:
+        raise InputError(
+            f"{path}: truncated or corrupt file: its header claims {needed} bytes of "
+            f"data (shape {tuple(proxy.shape)}), more than {size} gzip bytes can hold"
+        )
+    if not data_file.endswith(_COMPRESSED_SUFFIXES) and size < needed:
+        raise InputError(
+            f"{path}: truncated file ({size} bytes; its header needs {needed}, "
+            f"shape {tuple(proxy.shape)})"
+        )
+
+
+def _describe(exc):
+    """An exception in a few words: its message, or its type when it has none."""
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
 
 
 def spatial_shape(shape, name):
@@ -85,8 +130,10 @@ def spatial_shape(shape, name):
         If the image is not a single 3D volume.
     """
     shape = tuple(int(n) for n in shape)
+    if any(n < 1 for n in shape):
+        raise InputError(f"{name}: invalid dimensions {shape} (a length below 1)")
     if len(shape) > 3 and any(n != 1 for n in shape[3:]):
-        volumes = int(np.prod(shape[3:]))
+        volumes = math.prod(shape[3:])
         raise InputError(
             f"{name}: {len(shape)}D image with {volumes} volumes (shape {shape}); "
             "pass one 3D volume per scan (e.g. nilearn.image.index_img(img, 0))"
@@ -140,11 +187,13 @@ def read_volume(image, name):
     Raises
     ------
     InputError
-        If the file is truncated or corrupted.
+        If the image is not one 3D volume of scalars, or its file is
+        truncated or corrupted.
     """
     spatial_shape(image.shape, name)
+    check_data_type(image, name)
     try:
         data = image.get_fdata(caching="unchanged", dtype=np.float32)
-    except _READ_ERRORS as exc:
-        raise InputError(f"{name}: cannot read the image data ({exc})") from exc
+    except Exception as exc:  # decoding hostile bytes: any failure means a bad file
+        raise InputError(f"{name}: cannot read the image data ({_describe(exc)})") from exc
     return data[(slice(None),) * 3 + (0,) * (data.ndim - 3)]

@@ -241,6 +241,12 @@ class Preprocessing:
         if inside is not None:
             sample = sample[inside[::step, ::step, ::step]]
         low, high = np.percentile(sample, self.percentiles).astype(np.float32)
+        with np.errstate(over="ignore"):
+            span = high - low
+        if not np.isfinite(span):
+            raise InputError(
+                f"{name}: intensities from {low} to {high} span more than float32 holds"
+            )
         if high > low:
             return low, high
         if source.min() == source.max():
