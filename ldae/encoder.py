@@ -17,6 +17,7 @@ from .autoencoder.network import build_autoencoder
 from .diffusion.schedule import NoiseSchedule
 from .diffusion.unet import build_latent_unet, check_latent_shape
 from .exceptions import CheckpointError, InputError
+from .generation import GenerativeMixin
 from .imaging import Preprocessing, as_volume_dataset
 from .presets import ModelConfig, resolve_config
 from .representation.gradient_estimator import GradientEstimator
@@ -37,7 +38,7 @@ FILE_FORMAT = "ldae.LDAEEncoder"
 FILE_VERSION = 1
 
 
-class LDAEEncoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """Latent Diffusion Autoencoder (Lozupone et al. 2025) as a scikit-learn transformer.
 
     ``fit`` trains three stages without labels: a 3D AutoencoderKL that compresses
@@ -335,6 +336,10 @@ class LDAEEncoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
     def _latent_batch(self, volumes):
         mean, _ = self.autoencoder_.encode(volumes)
         return mean.float() * self.scale_factor_
+
+    def _decode_latent(self, z):
+        """Inverse of ``_latent_batch``: volumes (B, 1, D, H, W) of diffusion latents."""
+        return self.autoencoder_.decode(z / self.scale_factor_)
 
     def _embed_batch(self, volumes):
         if self.config_.semantic_encoder == "latent":
