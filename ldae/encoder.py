@@ -6,6 +6,7 @@ import time
 import warnings
 
 import numpy as np
+import pandas as pd
 import torch
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.model_selection import GroupShuffleSplit
@@ -19,6 +20,7 @@ from .diffusion.unet import build_latent_unet, check_latent_shape
 from .exceptions import CheckpointError, InputError
 from .generation import GenerativeMixin
 from .imaging import Preprocessing, as_volume_dataset
+from .imaging.inputs import SKIPPED_COLUMNS
 from .presets import ModelConfig, resolve_config
 from .representation.gradient_estimator import GradientEstimator
 from .representation.semantic_encoder import LatentSemanticEncoder, SliceSemanticEncoder
@@ -86,6 +88,12 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
         epochs). A new ``fit`` with the same settings and data resumes from there.
     cache_dir : str or Path, optional
         Folder caching preprocessed volumes of files between passes.
+    on_error : {"raise", "skip"}, default="raise"
+        What an unusable scan (unreadable, corrupt, NaN voxels, wrong grid...)
+        does. "raise": an InputError naming it. "skip": a SkippedScanWarning
+        naming it; ``fit`` reads every scan once first and trains on the usable
+        ones (listed in ``skipped_scans_``), ``transform`` gives a row of NaN for
+        each unusable scan, keeping rows aligned with X.
     device : str, default="auto"
         "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
     precision : {"auto", "bf16", "fp32"}, default="auto"
@@ -115,6 +123,9 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
         Wall time of each stage.
     n_scans_ : int
         Number of scans trained on.
+    skipped_scans_ : pandas.DataFrame
+        Scans of X left out of ``fit`` with ``on_error="skip"``: ``position`` in
+        X, ``scan`` (its name) and ``error``. Empty when none was.
 
     Examples
     --------
@@ -146,6 +157,7 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
         validation_fraction=0.2,
         checkpoint_dir=None,
         cache_dir=None,
+        on_error="raise",
         device="auto",
         precision="auto",
         num_workers=0,
@@ -171,6 +183,7 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
         self.validation_fraction = validation_fraction
         self.checkpoint_dir = checkpoint_dir
         self.cache_dir = cache_dir
+        self.on_error = on_error
         self.device = device
         self.precision = precision
         self.num_workers = num_workers
@@ -199,7 +212,7 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
         config = self._resolve_config()
         self._check_runtime_params()
         preprocessing = self._resolve_preprocessing(config)
-        dataset = as_volume_dataset(X, preprocessing, cache_dir=self.cache_dir)
+        dataset, groups = self._usable_scans(X, groups, preprocessing)
         device = resolve_device(self.device)
         dtype = resolve_precision(self.precision, device)
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
@@ -210,11 +223,23 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
         self.preprocessing_ = preprocessing
         self.affine_ = np.asarray(dataset.affine, dtype=float)
         self.history_, self.fit_seconds_ = {}, {}
+        self.skipped_scans_ = dataset.skipped_
         with torch.random.fork_rng(devices=[]):
             self._fit_stages(dataset, train_index, val_index, device, dtype, seed, checkpoints)
         self.n_scans_ = len(train_index)
         self._n_features_out = config.embedding_dim
         return self
+
+    def _usable_scans(self, X, groups, preprocessing):
+        """The dataset of X and the subject of each of its scans; with
+        ``on_error="skip"``, every scan is read once and the unusable ones left out."""
+        dataset = as_volume_dataset(X, preprocessing, cache_dir=self.cache_dir,
+                                    on_error=self.on_error)
+        if self.on_error == "skip":
+            dataset = dataset.screen(num_workers=self.num_workers)
+            if groups is not None and len(groups) == dataset.n_inputs:
+                groups = np.asarray(groups)[dataset.positions]
+        return dataset, groups
 
     def _fit_stages(self, dataset, train_index, val_index, device, dtype, seed, checkpoints):
         config = self.config_
@@ -298,10 +323,10 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
         Returns
         -------
         ndarray of shape (n_scans, embedding_dim), float32
+            With ``on_error="skip"``, a row of NaN for each unusable scan.
         """
         check_is_fitted(self)
-        dataset = as_volume_dataset(X, self.preprocessing_, cache_dir=self.cache_dir)
-        return self._embed_dataset(dataset)
+        return self._embed_dataset(self._dataset(X))
 
     def encode_latent(self, X):
         """Stage-1 latent z0 of each scan: the autoencoder's posterior mean, scaled.
@@ -314,13 +339,18 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
         -------
         ndarray of shape (n_scans, C, d, h, w), float32
             ``scale_factor_ * mean``: the space the diffusion model works in.
+            With ``on_error="skip"``, NaN for each unusable scan.
         """
         check_is_fitted(self)
-        dataset = as_volume_dataset(X, self.preprocessing_, cache_dir=self.cache_dir)
-        return torch.cat(list(self._batches(dataset, self._latent_batch))).numpy()
+        dataset = self._dataset(X)
+        return _rows_of_inputs(torch.cat(list(self._batches(dataset, self._latent_batch))), dataset)
+
+    def _dataset(self, X):
+        return as_volume_dataset(X, self.preprocessing_, cache_dir=self.cache_dir,
+                                 on_error=self.on_error)
 
     def _embed_dataset(self, dataset):
-        return torch.cat(list(self._batches(dataset, self._embed_batch))).numpy()
+        return _rows_of_inputs(torch.cat(list(self._batches(dataset, self._embed_batch))), dataset)
 
     @torch.no_grad()
     def _batches(self, dataset, compute):
@@ -330,8 +360,14 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
         loader = DataLoader(dataset, batch_size=self.config_.batch_size * 2,
                             num_workers=self.num_workers)
         for batch in loader:
+            # Unusable scans come as NaN volumes (on_error="skip"): NaN results.
+            unusable = batch.flatten(1).isnan().any(1)
+            if unusable.any():
+                batch = batch.nan_to_num()
             with autocast(device, dtype):
-                yield compute(as_volume_batch(batch, device)).float().cpu()
+                result = compute(as_volume_batch(batch, device)).float().cpu()
+            result[unusable] = float("nan")
+            yield result
 
     def _latent_batch(self, volumes):
         mean, _ = self.autoencoder_.encode(volumes)
@@ -395,6 +431,8 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
         model.config_ = ModelConfig(**{key: tuple(value) if isinstance(value, list) else value
                                        for key, value in fitted.pop("config").items()})
         model.affine_ = np.asarray(fitted.pop("affine"), dtype=float)
+        model.skipped_scans_ = pd.DataFrame(fitted.pop("skipped_scans_", {}),
+                                            columns=SKIPPED_COLUMNS)
         model.__dict__.update(fitted)
         model._restore_networks(payload["weights"])
         return model
@@ -422,6 +460,7 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
             "history_": self.history_,
             "fit_seconds_": self.fit_seconds_,
             "n_scans_": self.n_scans_,
+            "skipped_scans_": self.skipped_scans_.to_dict("list"),
             "_n_features_out": self._n_features_out,
         }
 
@@ -596,6 +635,16 @@ def _build_semantic_encoder(config):
                                      channels=config.encoder_channels,
                                      embedding_dim=config.embedding_dim)
     return SliceSemanticEncoder(embedding_dim=config.embedding_dim, channels=config.encoder_channels)
+
+
+def _rows_of_inputs(results, dataset):
+    """Results of a dataset's scans as an array with one row per scan of its X:
+    NaN rows where scans were left out."""
+    if dataset.n_inputs == len(dataset):
+        return results.numpy()
+    rows = np.full((dataset.n_inputs, *results.shape[1:]), np.nan, np.float32)
+    rows[dataset.positions] = results.numpy()
+    return rows
 
 
 def _frozen(network):

@@ -19,3 +19,10 @@ class InputError(LDAEError, ValueError):
 
 class CheckpointError(LDAEError, RuntimeError):
     """A checkpoint is missing, truncated, corrupt or does not match the model."""
+
+
+class SkippedScanWarning(UserWarning):
+    """A scan was left out because it is unusable and ``on_error="skip"`` was asked for.
+
+    The message names the scan and says what is wrong with it.
+    """

@@ -2,21 +2,25 @@
 
 A corpus of deliberately broken files, then a fuzz test that mutates the header
 and the voxels of a valid file: loading and preprocessing either give a finite
-volume in [0, 1] or raise InputError naming the file, nothing else.
+volume in [0, 1] or raise InputError naming the file, nothing else. Then
+on_error="skip": bad scans are left out, recorded, and do not end a run.
 """
 
 import gzip
 import logging
 import os
 import struct
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ldae.exceptions import InputError
+from ldae import LDAEEncoder
+from ldae.exceptions import InputError, SkippedScanWarning
 from ldae.imaging import Preprocessing, as_volume_dataset
 
 SHAPE = (12, 14, 10)
@@ -207,3 +211,94 @@ def test_fuzzed_files_give_a_valid_volume_or_an_input_error_naming_them(
         return
     assert result.shape == SHAPE and result.dtype == np.float32
     assert np.isfinite(result).all() and result.min() >= 0.0 and result.max() <= 1.0
+
+
+# ------------------------------------------------------------- on_error="skip"
+
+
+@pytest.fixture
+def mixed_scans(tmp_path):
+    """Good scans with, at positions 1, 3 and 4, a broken header, NaN voxels
+    (found only when read) and a scan of another shape."""
+    paths = []
+    for position, content in enumerate([
+        VALID, patched((MAGIC, "4s", b"xx\0\0")), nifti_bytes(volume(1)), nifti_bytes(with_nan(3)),
+        nifti_bytes(volume()[:10]), nifti_bytes(volume(2)),
+    ]):
+        path = tmp_path / f"scan{position}.nii"
+        path.write_bytes(content)
+        paths.append(str(path))
+    return paths
+
+
+def test_skip_leaves_out_bad_headers_and_odd_grids_and_records_them(mixed_scans):
+    with pytest.warns(SkippedScanWarning, match=r"left out 2 skipped: .*scan1\.nii.*scan4\.nii"):
+        dataset = as_volume_dataset(mixed_scans, Preprocessing(), on_error="skip")
+    assert len(dataset) == 4 and dataset.n_inputs == 6 and dataset.shape == SHAPE
+    assert dataset.positions.tolist() == [0, 2, 3, 5]
+    assert dataset.names == [mixed_scans[i] for i in (0, 2, 3, 5)]
+    assert dataset.skipped_["position"].tolist() == [1, 4]
+    assert dataset.skipped_["scan"].tolist() == [mixed_scans[1], mixed_scans[4]]
+    assert "not a readable NIfTI image" in dataset.skipped_["error"][0]
+    assert "shape (10, 14, 10)" in dataset.skipped_["error"][1]
+    # Voxels are decoded on access: the NaN scan reads as NaN, with a warning.
+    with pytest.warns(SkippedScanWarning, match=r"scan3\.nii: 3 NaN"):
+        assert np.isnan(dataset[2]).all()
+    np.testing.assert_array_equal(dataset[1], as_volume_dataset([mixed_scans[2]])[0])
+
+
+def test_screen_reads_every_scan_and_keeps_the_usable_ones(mixed_scans):
+    with pytest.warns(SkippedScanWarning):
+        dataset = as_volume_dataset(mixed_scans, on_error="skip")
+    with pytest.warns(SkippedScanWarning, match=r"scan3\.nii: 3 NaN"):
+        screened = dataset.screen(num_workers=1)
+    assert screened.positions.tolist() == [0, 2, 5] and len(screened) == 3
+    assert screened.skipped_["position"].tolist() == [1, 3, 4]
+    assert "NaN or infinite voxels" in screened.skipped_["error"][1]
+    assert all(np.isfinite(screened[i]).all() for i in range(3))
+
+
+def test_skip_keeps_the_index_of_a_series_for_the_usable_scans(mixed_scans):
+    series = pd.Series(mixed_scans, index=list("abcdef"))
+    with pytest.warns(SkippedScanWarning):
+        dataset = as_volume_dataset(series, on_error="skip")
+    assert list(dataset.index) == ["a", "c", "d", "f"]
+
+
+def test_raise_is_the_default_and_skip_refuses_a_cohort_of_only_bad_scans(mixed_scans):
+    with pytest.raises(InputError, match=r"scan1\.nii: not a readable"):
+        as_volume_dataset(mixed_scans)
+    with pytest.raises(InputError, match=r"X: no scan is usable; 1 skipped: .*scan1\.nii"):
+        as_volume_dataset([mixed_scans[1]], on_error="skip")
+    with pytest.raises(InputError, match=r"on_error='ignore': expected one of"):
+        as_volume_dataset(mixed_scans, on_error="ignore")
+
+
+def test_encoder_with_skip_fits_around_a_broken_scan_and_gives_it_a_nan_row(tmp_path):
+    rng = np.random.default_rng(0)
+    paths = []
+    for number in range(6):
+        path = tmp_path / f"scan{number}.nii.gz"
+        path.write_bytes(gzip.compress(nifti_bytes(rng.gamma(2.0, 50.0, (32, 40, 32)).astype(np.float32))))
+        paths.append(str(path))
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(Path(paths[0]).read_bytes()[:-5000])  # data cut short: found when read
+    X = paths[:2] + [str(broken)] + paths[2:]
+    groups = ["a", "a", "x", "b", "b", "c", "c"]
+    settings = dict(preset="tiny", ae_epochs=1, diffusion_epochs=1, representation_epochs=1,
+                    random_state=0, on_error="skip")
+    with pytest.warns(SkippedScanWarning, match="broken.nii.gz"):
+        model = LDAEEncoder(**settings).fit(X, groups=groups)  # groups follow the usable scans
+    assert model.skipped_scans_["scan"].tolist() == [str(broken)]
+    assert model.skipped_scans_["position"].tolist() == [2]
+    assert "cannot read the image data" in model.skipped_scans_["error"][0]
+    with pytest.warns(SkippedScanWarning, match="broken.nii.gz"):
+        embeddings = model.transform(X)
+    assert embeddings.shape == (len(X), model.config_.embedding_dim)
+    assert np.isnan(embeddings[2]).all()
+    good = np.delete(embeddings, 2, axis=0)
+    np.testing.assert_allclose(good, model.transform(paths), atol=1e-6)
+    # The record survives saving the model.
+    model.save(tmp_path / "model.pt")
+    loaded = LDAEEncoder.load(tmp_path / "model.pt")
+    pd.testing.assert_frame_equal(loaded.skipped_scans_, model.skipped_scans_, check_dtype=False)

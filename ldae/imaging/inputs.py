@@ -11,6 +11,8 @@ when an item is read.
 import hashlib
 import operator
 import os
+import warnings
+from collections import Counter
 
 import nibabel as nib
 import numpy as np
@@ -19,12 +21,14 @@ import scipy.sparse
 import torch
 from nibabel.spatialimages import SpatialImage
 
-from ..exceptions import InputError
+from ..exceptions import InputError, SkippedScanWarning
 from .cache import VolumeCache
 from .grid import VOXEL_SIZE_RTOL, voxel_sizes
-from .nifti import check_affine, open_image
+from .nifti import check_affine, check_data_type, open_image
 from .preprocessing import Preprocessing
 
+ON_ERROR = ("raise", "skip")
+SKIPPED_COLUMNS = ["position", "scan", "error"]
 _EXPECTED_X = (
     "a list/tuple of NIfTI paths or nibabel images, a pandas Series of paths, "
     "or an array of shape (n, D, H, W) or (n, 1, D, H, W)"
@@ -54,6 +58,14 @@ class VolumeDataset(torch.utils.data.Dataset):
         Labels of the scans.
     cache : VolumeCache or None, default=None
         Where preprocessed volumes of files are kept.
+    on_error : {"raise", "skip"}, default="raise"
+        What reading an unusable scan does: raise its InputError, or warn
+        (:class:`~ldae.exceptions.SkippedScanWarning`) and give a volume of
+        NaN in its place.
+    positions : array-like of int or None, default=None
+        Per scan, its position in X; None: 0, 1, 2...
+    skipped : pandas.DataFrame or None, default=None
+        Scans of X already left out (columns ``position``, ``scan``, ``error``).
 
     Attributes
     ----------
@@ -70,9 +82,19 @@ class VolumeDataset(torch.utils.data.Dataset):
         registered to one space): save outputs as NIfTI with it.
     preprocessing : Preprocessing
         The settings applied.
+    on_error : {"raise", "skip"}
+    positions : ndarray of int
+        Position in X of each scan of the dataset.
+    skipped_ : pandas.DataFrame
+        The scans of X left out, one row each: ``position`` in X, ``scan``
+        (its name) and ``error`` (what is wrong with it). Empty unless
+        ``on_error="skip"``.
+    n_inputs : int
+        Number of scans in X, the skipped ones included.
     """
 
-    def __init__(self, sources, names, affines, shape, preprocessing, index=None, cache=None):
+    def __init__(self, sources, names, affines, shape, preprocessing, index=None, cache=None,
+                 on_error="raise", positions=None, skipped=None):
         self._sources = sources
         self.names = names
         self.affines = affines
@@ -80,6 +102,10 @@ class VolumeDataset(torch.utils.data.Dataset):
         self.preprocessing = preprocessing
         self.index = index
         self._cache = cache
+        self.on_error = on_error
+        self.positions = np.arange(len(sources)) if positions is None else np.asarray(positions)
+        self.skipped_ = _skipped_frame([]) if skipped is None else skipped
+        self.n_inputs = len(self.positions) + len(self.skipped_)
 
     @property
     def affine(self):
@@ -117,14 +143,90 @@ class VolumeDataset(torch.utils.data.Dataset):
         -------
         ndarray of shape ``self.shape``, float32
             Intensities in [0, 1]. Volumes read from files are Fortran-ordered,
-            like the arrays nibabel returns.
+            like the arrays nibabel returns. With ``on_error="skip"``, an
+            unusable scan gives a volume of NaN (and a SkippedScanWarning).
 
         Raises
         ------
         InputError
-            If the scan's data is unreadable or unusable, or its file changed
-            shape since the dataset was built.
+            With ``on_error="raise"``, if the scan's data is unreadable or
+            unusable, or its file changed shape since the dataset was built.
         """
+        try:
+            return self._read(i)
+        except InputError as error:
+            if self.on_error == "raise":
+                raise
+            warnings.warn(f"{error} (skipped: on_error='skip')", SkippedScanWarning, stacklevel=2)
+            return np.full(self.shape, np.nan, np.float32)
+
+    def read_error(self, i):
+        """What is wrong with scan i, or None when it reads.
+
+        Parameters
+        ----------
+        i : int
+
+        Returns
+        -------
+        str or None
+            The message of the InputError reading it raises.
+        """
+        try:
+            self._read(i)
+        except InputError as error:
+            return str(error)
+        return None
+
+    def screen(self, num_workers=0):
+        """Read every scan once and keep those that read.
+
+        With a ``cache_dir``, the volumes read are cached, so the pass is not
+        lost for the next one.
+
+        Parameters
+        ----------
+        num_workers : int, default=0
+            Worker processes reading the scans.
+
+        Returns
+        -------
+        VolumeDataset
+            The scans that read; the others are added to ``skipped_`` (with a
+            SkippedScanWarning naming them).
+
+        Raises
+        ------
+        InputError
+            If no scan reads.
+        """
+        loader = torch.utils.data.DataLoader(
+            _ReadErrors(self), batch_size=None, num_workers=num_workers
+        )
+        errors = list(loader)
+        failed = [i for i, error in enumerate(errors) if error]
+        if not failed:
+            return self
+        records = [(int(self.positions[i]), self.names[i], errors[i]) for i in failed]
+        skipped = pd.concat([self.skipped_, _skipped_frame(records)], ignore_index=True)
+        kept = [i for i, error in enumerate(errors) if not error]
+        if not kept:
+            raise InputError(f"X: no scan is usable; {_summary(skipped)}")
+        _warn_skipped(records, stacklevel=3)
+        return VolumeDataset(
+            [self._sources[i] for i in kept],
+            [self.names[i] for i in kept],
+            self.affines[kept],
+            self.shape,
+            self.preprocessing,
+            index=None if self.index is None else self.index[kept],
+            cache=self._cache,
+            on_error=self.on_error,
+            positions=self.positions[kept],
+            skipped=skipped.sort_values("position", ignore_index=True),
+        )
+
+    def _read(self, i):
         i = operator.index(i)
         source, name = self._sources[i], self.names[i]
         stamp = None
@@ -144,7 +246,7 @@ class VolumeDataset(torch.utils.data.Dataset):
         return volume
 
 
-def as_volume_dataset(X, preprocessing=None, *, affine=None, cache_dir=None):
+def as_volume_dataset(X, preprocessing=None, *, affine=None, cache_dir=None, on_error="raise"):
     """Turn scans into a lazy dataset of preprocessed float32 volumes.
 
     Parameters
@@ -163,6 +265,15 @@ def as_volume_dataset(X, preprocessing=None, *, affine=None, cache_dir=None):
     cache_dir : str, path-like or None, default=None
         Folder caching the preprocessed volumes of files (not of in-memory
         images or arrays); a second pass over the scans then decodes nothing.
+    on_error : {"raise", "skip"}, default="raise"
+        What an unusable scan does. "raise": raise an InputError naming it.
+        "skip": leave it out with a :class:`~ldae.exceptions.SkippedScanWarning`
+        and a row in the dataset's ``skipped_`` table, so that one bad scan
+        among thousands does not end a run. Headers are checked here; a scan
+        whose voxels turn out unusable when read gives a volume of NaN (see
+        :meth:`VolumeDataset.screen` to find those up front). With "skip",
+        scans whose grid differs from the most common one are the ones left
+        out.
 
     Returns
     -------
@@ -173,27 +284,33 @@ def as_volume_dataset(X, preprocessing=None, *, affine=None, cache_dir=None):
     InputError
         If X or an item of it is unusable (the message names it): wrong type,
         empty, missing file, directory, not an image, 2D, several volumes,
-        array of the wrong rank or inconsistent shapes, or scans that do not
-        share one shape or voxel size after preprocessing.
+        complex or RGB voxels, array of the wrong rank or inconsistent
+        shapes, or scans that do not share one shape or voxel size after
+        preprocessing. With ``on_error="skip"``, only if X itself is unusable
+        or every scan is.
     """
     preprocessing = Preprocessing() if preprocessing is None else preprocessing
     if not isinstance(preprocessing, Preprocessing):
         raise InputError(
             f"preprocessing: expected a Preprocessing or None, got {type(preprocessing).__name__}"
         )
+    if on_error not in ON_ERROR:
+        raise InputError(f"on_error={on_error!r}: expected one of {ON_ERROR}")
     index = X.index if isinstance(X, pd.Series) else None
     items = _items(X)
     if any(isinstance(item, np.ndarray) for item in items):
         affine = _array_affine(affine, preprocessing)
     elif affine is not None:
         raise InputError("affine: only array input takes one; images carry their own")
+    skipping = _Skipping(on_error)
     # Every item's type first (cheap), then every header (one file read each).
-    sources, names = map(list, zip(*(_source(item, i, affine) for i, item in enumerate(items))))
-    grids = []
-    for source, name in zip(sources, names):
-        image = _image(source)
-        grids.append(preprocessing.plan(image.shape, image.affine, name))
-    _check_consistent(grids, names)
+    scans = skipping.keep(
+        [(i,) for i in range(len(items))], lambda i: _source(items[i], i, affine), _item_name(items)
+    )
+    scans = skipping.keep(scans, lambda i, source, name: (_plan(source, name, preprocessing),))
+    scans = _on_one_grid(scans, skipping)
+    skipped = skipping.table(len(items))
+    positions, sources, names, grids = map(list, zip(*scans))
     cache = None if cache_dir is None else VolumeCache(cache_dir, preprocessing.cache_key)
     return VolumeDataset(
         sources,
@@ -201,9 +318,99 @@ def as_volume_dataset(X, preprocessing=None, *, affine=None, cache_dir=None):
         np.stack([grid.affine for grid in grids]),
         grids[0].shape,
         preprocessing,
-        index=index,
+        index=None if index is None else index[positions],
         cache=cache,
+        on_error=on_error,
+        positions=positions,
+        skipped=skipped,
     )
+
+
+class _Skipping:
+    """Applies on_error to the scans as the checks go: raise, or set aside."""
+
+    def __init__(self, on_error):
+        self.on_error = on_error
+        self.records = []
+
+    def keep(self, scans, check, name_of=None):
+        """Scans (tuples starting with their position) extended by ``check(*scan)``.
+
+        A scan whose check raises InputError is set aside (or the error raised).
+        """
+        kept = []
+        for scan in scans:
+            try:
+                kept.append((*scan, *check(*scan)))
+            except InputError as error:
+                name = name_of(scan[0]) if name_of else scan[2]
+                self.set_aside(scan[0], name, error)
+        return kept
+
+    def set_aside(self, position, name, error):
+        if self.on_error == "raise":
+            raise error
+        self.records.append((position, name, str(error)))
+
+    def table(self, n_items):
+        """The skipped scans as a frame, after a warning naming them."""
+        if not self.records:
+            return _skipped_frame([])
+        if len(self.records) == n_items:
+            raise InputError(f"X: no scan is usable; {_summary(_skipped_frame(self.records))}")
+        _warn_skipped(self.records, stacklevel=4)
+        return _skipped_frame(sorted(self.records))
+
+
+class _ReadErrors(torch.utils.data.Dataset):
+    """Per scan of a dataset, what reading it raises ("" when it reads)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        return self.dataset.read_error(i) or ""
+
+
+def _skipped_frame(records):
+    frame = pd.DataFrame(records, columns=SKIPPED_COLUMNS)
+    return frame.astype({"position": int, "scan": str, "error": str})
+
+
+def _summary(skipped, shown=5):
+    lines = [f"{row.scan} ({row.error})" for row in skipped.head(shown).itertuples()]
+    more = f"; and {len(skipped) - shown} more" if len(skipped) > shown else ""
+    return f"{len(skipped)} skipped: " + "; ".join(lines) + more
+
+
+def _warn_skipped(records, stacklevel):
+    warnings.warn(
+        f"on_error='skip' left out {_summary(_skipped_frame(records))}",
+        SkippedScanWarning,
+        stacklevel=stacklevel + 1,
+    )
+
+
+def _item_name(items):
+    """How errors name item i of X, before its type is checked."""
+
+    def name(i):
+        item = items[i]
+        if isinstance(item, (str, os.PathLike)):
+            return os.path.abspath(os.fspath(item))
+        return f"X[{i}]"
+
+    return name
+
+
+def _plan(source, name, preprocessing):
+    """The target grid of a scan, from its header."""
+    image = _image(source)
+    check_data_type(image, name)
+    return preprocessing.plan(image.shape, image.affine, name)
 
 
 def _items(X):
@@ -286,20 +493,39 @@ def _array_affine(affine, preprocessing):
     return np.diag([*(preprocessing.voxel_size or (1.0, 1.0, 1.0)), 1.0])
 
 
-def _check_consistent(grids, names):
-    """All scans must land on grids of one shape and one voxel size."""
-    first_sizes = voxel_sizes(grids[0].affine)
-    for grid, name in zip(grids, names):
-        if grid.shape != grids[0].shape:
-            raise InputError(
-                f"{name}: shape {grid.shape} after preprocessing, but {names[0]} has "
-                f"{grids[0].shape}; set Preprocessing(shape=...) to crop/pad every scan "
-                "to one shape"
-            )
-        sizes = voxel_sizes(grid.affine)
-        if not np.allclose(sizes, first_sizes, rtol=VOXEL_SIZE_RTOL, atol=0):
-            raise InputError(
-                f"{name}: voxel size {tuple(sizes.round(4))} mm, but {names[0]} has "
-                f"{tuple(first_sizes.round(4))} mm; set Preprocessing(voxel_size=...) to "
-                "resample every scan to one voxel size"
-            )
+def _on_one_grid(scans, skipping):
+    """The scans whose grid has the shape and voxel size of a reference scan.
+
+    The reference is the first scan, or with on_error="skip" the first of the
+    most common grid, so that the odd scans are the ones left out.
+    """
+    if not scans:
+        return scans
+    reference = scans[0]
+    if skipping.on_error == "skip":
+        counts = Counter(_grid_key(grid) for *_, grid in scans)
+        reference = next(scan for scan in scans if counts[_grid_key(scan[3])] == max(counts.values()))
+    return skipping.keep(scans, lambda *scan: _check_same_grid(scan, reference))
+
+
+def _grid_key(grid):
+    return grid.shape, tuple(voxel_sizes(grid.affine).round(3))
+
+
+def _check_same_grid(scan, reference):
+    """Refuse a scan whose grid has another shape or voxel size than the reference's."""
+    (_, _, name, grid), (_, _, reference_name, reference_grid) = scan, reference
+    if grid.shape != reference_grid.shape:
+        raise InputError(
+            f"{name}: shape {grid.shape} after preprocessing, but {reference_name} has "
+            f"{reference_grid.shape}; set Preprocessing(shape=...) to crop/pad every scan "
+            "to one shape"
+        )
+    sizes, reference_sizes = voxel_sizes(grid.affine), voxel_sizes(reference_grid.affine)
+    if not np.allclose(sizes, reference_sizes, rtol=VOXEL_SIZE_RTOL, atol=0):
+        raise InputError(
+            f"{name}: voxel size {tuple(sizes.round(4))} mm, but {reference_name} has "
+            f"{tuple(reference_sizes.round(4))} mm; set Preprocessing(voxel_size=...) to "
+            "resample every scan to one voxel size"
+        )
+    return ()
