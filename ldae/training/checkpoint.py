@@ -1,11 +1,16 @@
-"""Atomic, code-free checkpoint files.
+"""Atomic, checksummed, code-free checkpoint files.
 
 Checkpoints hold only tensors and plain Python values, are written to a temporary
 file and renamed into place (a crash never leaves a half-written checkpoint), and are
 read with ``torch.load(weights_only=True)`` so that loading a file from an untrusted
 source cannot execute code.
+
+Each file stores its payload with a SHA-256 digest of the payload's content (every
+tensor's bytes and every plain value). ``torch.load`` reads a file whose tensor bytes
+were damaged without complaint; the digest, checked on every load, catches it.
 """
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -14,15 +19,29 @@ import torch
 
 from ..exceptions import CheckpointError
 
+_CONTAINER = "ldae.checkpoint"
+_CONTAINER_VERSION = 1
+_PLAIN_TYPES = (bool, int, float, complex, str, bytes, type(None), torch.dtype, torch.device)
+
 
 def save_checkpoint(payload, path):
-    """Write ``payload`` (tensors, numbers, strings, lists, dicts) to ``path`` atomically."""
+    """Write ``payload`` to ``path`` atomically, with its checksum.
+
+    Parameters
+    ----------
+    payload : dict, list, tuple, tensor or plain value
+        Tensors, numbers, strings, None, and lists, tuples and dicts of them.
+    path : str or Path
+        The file; its folder is created if missing.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    container = {"format": _CONTAINER, "version": _CONTAINER_VERSION,
+                 "sha256": payload_digest(payload), "payload": payload}
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as stream:
-            torch.save(payload, stream)
+            torch.save(container, stream)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)
@@ -34,22 +53,95 @@ def save_checkpoint(payload, path):
 def load_checkpoint(path):
     """Read a checkpoint written by :func:`save_checkpoint`, on the CPU.
 
+    Parameters
+    ----------
+    path : str or Path
+
+    Returns
+    -------
+    object
+        The payload, after its checksum was verified.
+
     Raises
     ------
     CheckpointError
-        When the file is missing, truncated, corrupt, or holds anything but
-        tensors and plain Python values.
+        When the file is missing, truncated, corrupt (its content does not match
+        its checksum), has no checksum, or holds anything but tensors and plain
+        Python values (such as code to run on unpickling). The message names the
+        file.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        container = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a damaged zip or a pickle
         raise CheckpointError(
             f"checkpoint {path} is truncated, corrupt or not an ldae checkpoint "
             f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
         ) from None
+    if not isinstance(container, dict) or container.get("format") != _CONTAINER:
+        raise CheckpointError(
+            f"checkpoint {path} has no checksum: it was not written by this version of "
+            "ldae's save_checkpoint"
+        )
+    if container.get("version", 0) > _CONTAINER_VERSION:
+        raise CheckpointError(f"checkpoint {path} was written by a newer ldae")
+    try:
+        intact = payload_digest(container["payload"]) == container["sha256"]
+    except (KeyError, TypeError):
+        intact = False
+    if not intact:
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt: its content does not match its SHA-256 "
+            "checksum; delete it (a fit then retrains what it held)"
+        )
+    return container["payload"]
+
+
+def payload_digest(payload):
+    """SHA-256 of a payload's content: its structure, plain values and tensor bytes.
+
+    Parameters
+    ----------
+    payload : dict, list, tuple, tensor or plain value
+
+    Returns
+    -------
+    str
+        Hex digest; equal payloads (as ``torch.save`` then ``torch.load`` give back)
+        have equal digests, wherever their tensors live.
+
+    Raises
+    ------
+    TypeError
+        If the payload holds a value of another type.
+    """
+    digest = hashlib.sha256()
+    _feed(digest, payload)
+    return digest.hexdigest()
+
+
+def _feed(digest, value):
+    """Feed a value to the digest, tagged by type so that 1, "1" and [1] differ."""
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu().contiguous()
+        digest.update(f"T{tensor.dtype}{tuple(tensor.shape)}:".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    elif isinstance(value, dict):
+        digest.update(f"D{len(value)}:".encode())
+        for key, item in value.items():
+            _feed(digest, key)
+            _feed(digest, item)
+    elif isinstance(value, (list, tuple)):
+        digest.update(f"{type(value).__name__[0]}{len(value)}:".encode())
+        for item in value:
+            _feed(digest, item)
+    elif isinstance(value, _PLAIN_TYPES):
+        text = repr(value).encode()
+        digest.update(f"{type(value).__name__}{len(text)}:".encode() + text)
+    else:
+        raise TypeError(f"a checkpoint cannot hold a {type(value).__name__}")
 
 
 class StageCheckpoints:
