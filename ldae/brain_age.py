@@ -71,8 +71,9 @@ class BrainAgeRegressor(RegressorMixin, BaseEstimator):
         Inner splits giving the out-of-fold training predictions for the bias
         regression. An int is a :class:`~sklearn.model_selection.GroupKFold` when
         ``groups`` are passed to :meth:`fit` (so a subject's scans stay together),
-        else a :class:`~sklearn.model_selection.KFold`. ``None`` uses in-sample
-        predictions.
+        else an unshuffled :class:`~sklearn.model_selection.KFold` (scans stored
+        subject by subject then stay together except at fold edges). ``None`` uses
+        in-sample predictions.
 
     Attributes
     ----------
