@@ -20,7 +20,7 @@ _NUMERIC_COLUMNS = ["months", "age"]
 _SEPARATORS = {".tsv": "\t", ".csv": ","}
 
 
-def read_manifest(path):
+def read_manifest(path, *, check_files=True):
     """Read a CSV/TSV manifest of scans.
 
     Parameters
@@ -31,6 +31,9 @@ def read_manifest(path):
         optionally ``months``, ``diagnosis``, ``age``, ``sex`` and any other.
         Without a ``months`` column, sessions named like ``ses-M06`` give
         months = 6.
+    check_files : bool, default=True
+        Refuse a manifest naming a scan file that does not exist. False leaves
+        that to the loader (e.g. to skip such scans with ``on_error="skip"``).
 
     Returns
     -------
@@ -42,8 +45,8 @@ def read_manifest(path):
     InputError
         If the file is unreadable, a required column or value is missing, a
         (subject, session) pair is duplicated, a numeric column holds text, or
-        a scan file does not exist; the message names the file, column and
-        line.
+        a scan file does not exist (with `check_files`); the message names the
+        file, column and line.
     """
     path = Path(path).absolute()
     if path.suffix.lower() not in _SEPARATORS:
@@ -57,7 +60,7 @@ def read_manifest(path):
         os.path.normpath(path.parent / os.path.expanduser(scan)) for scan in frame["path"]
     ]
     lines = (frame.index + 2).map(lambda line: f"{path}, line {line}")
-    return _finish(frame, lines)
+    return _finish(frame, lines, check_files)
 
 
 def read_bids(root):
@@ -154,7 +157,7 @@ def _merge_filling(frame, table, keys):
     return merged
 
 
-def _finish(frame, where):
+def _finish(frame, where, check_files=True):
     """Validate the scan table and give it its column order and row order.
 
     `where` names each row in errors (a manifest line, or the scan's path).
@@ -183,7 +186,7 @@ def _finish(frame, where):
             + "; ".join(others)
         )
     absent = ~frame["path"].map(os.path.isfile)
-    if absent.any():
+    if check_files and absent.any():
         raise InputError(
             f"{where[absent.idxmax()]}: scan file {frame.loc[absent.idxmax(), 'path']} "
             f"does not exist ({int(absent.sum())} missing in all)"

@@ -1,0 +1,198 @@
+"""The command line: ``ldae fit`` and ``ldae embed`` on a manifest, resumable; SIGKILL."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ldae import LDAEEncoder, cli
+from ldae.datasets import make_synthetic_cohort
+from ldae.training.checkpoint import load_checkpoint
+
+EPOCHS = ["--preset", "tiny", "--ae-epochs", "1", "--diffusion-epochs", "1",
+          "--representation-epochs", "1"]
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    """6 scans of 3 subjects written as files, with their manifest."""
+    folder = tmp_path_factory.mktemp("cohort")
+    make_synthetic_cohort(3, shape=(32, 40, 32), visit_months=(0, 12), dropout=0,
+                          random_state=0, output_dir=folder)
+    return folder / "manifest.tsv"
+
+
+@pytest.fixture(scope="module")
+def model_dir(cohort, tmp_path_factory):
+    out = tmp_path_factory.mktemp("model")
+    assert cli.main(["fit", "--manifest", str(cohort), "--out", str(out), *EPOCHS,
+                     "--quiet"]) == 0
+    return out
+
+
+def manifest_paths(manifest):
+    return pd.read_csv(manifest, sep="\t")["path"].map(lambda p: str(manifest.parent / p))
+
+
+def test_fit_writes_a_model_its_summary_and_stage_checkpoints(cohort, model_dir):
+    assert {p.name for p in model_dir.iterdir()} == {"model.pt", "fit.json", "checkpoints"}
+    assert {p.name for p in (model_dir / "checkpoints").iterdir()} == {
+        "autoencoder.pt", "diffusion.pt", "representation.pt"}
+    summary = json.loads((model_dir / "fit.json").read_text())
+    assert summary["n_skipped"] == 0 and 0 < summary["n_scans"] <= 6
+    model = LDAEEncoder.load(model_dir / "model.pt")
+    assert model.get_params()["random_state"] == 0 and model.config_.ae_epochs == 1
+    assert set(model.history_) == {"autoencoder", "diffusion", "representation"}
+
+
+def test_embed_writes_one_row_per_scan_equal_to_transform(cohort, model_dir, tmp_path):
+    out = tmp_path / "embeddings.csv"
+    assert cli.main(["embed", "--model", str(model_dir), "--manifest", str(cohort),
+                     "--out", str(out), "--chunk-size", "4", "--quiet"]) == 0
+    table = pd.read_csv(out)
+    model = LDAEEncoder.load(model_dir / "model.pt")
+    features = list(model.get_feature_names_out())
+    assert list(table.columns) == ["subject", "session", "months", "path", "error", *features]
+    assert table["error"].isna().all()
+    expected = model.transform(list(table["path"]))
+    np.testing.assert_allclose(table[features].to_numpy(), expected, rtol=1e-6, atol=1e-6)
+    assert sorted(table["path"]) == sorted(manifest_paths(cohort))
+    assert not (tmp_path / "embeddings.csv.partial").exists()
+    assert json.loads((tmp_path / "embeddings.csv.json").read_text())["n_embedded_now"] == 6
+
+
+def test_embed_resumes_after_an_interruption_without_redoing_chunks(
+        cohort, model_dir, tmp_path, monkeypatch):
+    def embed_into(out):
+        return ["embed", "--model", str(model_dir / "model.pt"), "--manifest", str(cohort),
+                "--out", str(out), "--chunk-size", "2", "--quiet"]
+
+    out = tmp_path / "embeddings.tsv"
+    command = embed_into(out)
+    embedded = []
+    original = cli._embed_chunk
+
+    def interrupted_after_two_chunks(model, paths):
+        if len(embedded) == 4:
+            raise KeyboardInterrupt
+        embedded.extend(paths)
+        return original(model, paths)
+
+    monkeypatch.setattr(cli, "_embed_chunk", interrupted_after_two_chunks)
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(command)
+    parts = sorted(p.name for p in (tmp_path / "embeddings.tsv.partial").iterdir())
+    assert parts == ["model.sha256", "part-000000.csv", "part-000001.csv"]
+    assert not out.exists()
+
+    before = list(embedded)
+    embedded.clear()
+    monkeypatch.setattr(cli, "_embed_chunk", lambda model, paths: embedded.extend(paths)
+                        or original(model, paths))
+    assert cli.main(command) == 0
+    assert len(embedded) == 2 and not set(embedded) & set(before)
+    resumed = pd.read_csv(out, sep="\t")
+    reference = tmp_path / "reference.tsv"
+    assert cli.main(embed_into(reference)) == 0
+    pd.testing.assert_frame_equal(resumed, pd.read_csv(reference, sep="\t"))
+    # Run again once finished: every scan is already embedded.
+    embedded.clear()
+    assert cli.main(command) == 0 and embedded == []
+
+
+def test_embed_skips_a_broken_and_a_missing_scan_on_request(cohort, model_dir, tmp_path, capsys):
+    manifest = pd.read_csv(cohort, sep="\t")
+    manifest["path"] = manifest_paths(cohort)
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(Path(manifest["path"][0]).read_bytes()[:-3000])
+    extra = pd.DataFrame({"subject": ["sub-009", "sub-009"], "session": ["ses-M00", "ses-M12"],
+                          "path": [str(broken), str(tmp_path / "gone.nii.gz")]})
+    bad_manifest = tmp_path / "cohort.csv"
+    pd.concat([manifest, extra]).to_csv(bad_manifest, index=False)
+    out = tmp_path / "embeddings.csv"
+    command = ["embed", "--model", str(model_dir), "--manifest", str(bad_manifest),
+               "--out", str(out), "--quiet"]
+
+    assert cli.main(command) == 1
+    assert "gone.nii.gz does not exist" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match="broken.nii.gz"):
+        assert cli.main([*command, "--on-error", "skip"]) == 0
+    table = pd.read_csv(out).set_index("path")
+    assert table["error"].notna().sum() == 2
+    assert "cannot read the image data" in table.loc[str(broken), "error"]
+    assert "no such file" in table.loc[str(tmp_path / "gone.nii.gz"), "error"]
+    features = [c for c in table if c.startswith("ldaeencoder")]
+    assert table.loc[table["error"].notna(), features].isna().all().all()
+    assert table.loc[table["error"].isna(), features].notna().all().all()
+
+
+def test_embed_refuses_partial_results_of_another_model_and_unknown_formats(
+        cohort, model_dir, tmp_path, capsys):
+    partial = tmp_path / "embeddings.csv.partial"
+    partial.mkdir()
+    (partial / "model.sha256").write_text("0" * 64)
+    command = ["embed", "--model", str(model_dir), "--manifest", str(cohort), "--quiet"]
+    assert cli.main([*command, "--out", str(tmp_path / "embeddings.csv")]) == 1
+    assert "partial results of another model" in capsys.readouterr().err
+    assert cli.main([*command, "--out", str(tmp_path / "embeddings.xlsx")]) == 1
+    assert "expected a .csv, .tsv or .parquet file" in capsys.readouterr().err
+    status = cli.main([*command, "--out", str(tmp_path / "embeddings.parquet")])
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        assert status == 1 and "needs pyarrow" in capsys.readouterr().err
+    else:
+        assert status == 0 and len(pd.read_parquet(tmp_path / "embeddings.parquet")) == 6
+
+
+def test_a_fit_killed_mid_stage_resumes_without_redoing_finished_stages(cohort, tmp_path, capsys):
+    out = tmp_path / "model"
+    checkpoints = out / "checkpoints"
+    command = ["fit", "--manifest", str(cohort), "--out", str(out), "--preset", "tiny",
+               "--ae-epochs", "1", "--diffusion-epochs", "12", "--representation-epochs", "1",
+               "--quiet"]
+    process = subprocess.Popen([sys.executable, "-m", "ldae", *command],
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        _wait_for(checkpoints / "autoencoder.pt", process)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert not (checkpoints / "diffusion.pt").exists(), "the fit was not killed mid-stage 2"
+    assert not (out / "model.pt").exists()
+    stage1 = checkpoints / "autoencoder.pt"
+    stamp, stage1_seconds = stage1.stat().st_mtime_ns, load_checkpoint(stage1)["seconds"]
+
+    # A truncated checkpoint is refused, naming it.
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "autoencoder.pt").write_bytes(stage1.read_bytes()[:-1000])
+    assert cli.main([*command, "--checkpoint-dir", str(damaged)]) == 1
+    assert f"checkpoint {damaged / 'autoencoder.pt'} is truncated" in capsys.readouterr().err
+
+    # The same command again (in this process: nothing but the files links the runs):
+    # stage 1 comes from its checkpoint, untouched.
+    assert cli.main(command) == 0
+    assert stage1.stat().st_mtime_ns == stamp
+    summary = json.loads((out / "fit.json").read_text())
+    assert summary["stage_seconds"]["autoencoder"] == stage1_seconds
+    assert len(summary["history"]["diffusion"]["loss"]) == 12
+    model = LDAEEncoder.load(out / "model.pt")
+    embeddings = model.transform(list(manifest_paths(cohort)))
+    assert embeddings.shape == (6, model.config_.embedding_dim) and np.isfinite(embeddings).all()
+
+
+def _wait_for(path, process, timeout=300):
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, f"the fit ended (status {process.returncode}) first"
+        assert time.monotonic() < deadline, f"{path} did not appear in {timeout} s"
+        time.sleep(0.02)
