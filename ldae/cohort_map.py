@@ -59,6 +59,8 @@ def cohort_map(embeddings, frame=None, method="pca", random_state=None, standard
                              input_name="embeddings")
     if frame is not None and len(frame) != len(embeddings):
         raise InputError(f"frame has {len(frame)} rows for {len(embeddings)} embeddings")
+    if frame is not None and {"x", "y"} & set(frame.columns):
+        raise InputError("frame: its columns 'x' and 'y' would clash with the map's coordinates")
     if standardize:
         embeddings = StandardScaler().fit_transform(embeddings)
     if method == "pca":

@@ -88,5 +88,7 @@ def test_bad_arguments_are_named(cohort):
         cohort_map(embeddings, frame, method="umap")
     with pytest.raises(InputError, match="frame has 3 rows"):
         cohort_map(embeddings, frame.iloc[:3])
+    with pytest.raises(InputError, match="clash"):
+        cohort_map(embeddings, frame.assign(x=1.0))
     with pytest.raises(InputError, match="site"):
         plot_cohort_map(cohort_map(embeddings, frame), color="site")
