@@ -4,7 +4,9 @@
 - ``ldae fit --manifest cohort.tsv --out model/``: train an LDAEEncoder on the scans of
   a manifest (see :func:`ldae.imaging.read_manifest`). Every stage checkpoints into
   ``<out>/checkpoints``: the same command run again after an interruption (even
-  SIGKILL) resumes where the last checkpoint left off.
+  SIGKILL) resumes where the last checkpoint left off. Launched with
+  ``torchrun --nproc_per_node=N -m ldae fit ...`` (or ``torchrun $(which ldae) fit``),
+  it trains data-parallel on N processes; process 0 writes the files.
 - ``ldae embed --model model/ --manifest cohort.tsv --out embeddings.csv``: embed the
   scans of a manifest, streamed in chunks with a progress bar. Finished chunks are
   written to ``<out>.partial/`` as they complete, so the same command run again skips
@@ -18,6 +20,7 @@ import argparse
 import hashlib
 import importlib.util
 import json
+import os
 import shutil
 import sys
 import time
@@ -130,6 +133,8 @@ def _fit(args):
     model = LDAEEncoder(**_encoder_params(args, out))
     start = time.perf_counter()
     model.fit(frame["path"], groups=frame["subject"])
+    if os.environ.get("RANK", "0") != "0":
+        return  # data-parallel: process 0 writes the results
     model.save(out / _MODEL_FILE)
     if len(model.skipped_scans_):
         _write_table(model.skipped_scans_, out / "skipped.tsv")

@@ -24,6 +24,7 @@ from .imaging.inputs import SKIPPED_COLUMNS
 from .presets import ModelConfig, resolve_config
 from .representation.gradient_estimator import GradientEstimator
 from .representation.semantic_encoder import LatentSemanticEncoder, SliceSemanticEncoder
+from .training import distributed
 from .training.checkpoint import StageCheckpoints, load_checkpoint, save_checkpoint
 from .training.device import autocast, resolve_device, resolve_precision
 from .training.loop import train_stage
@@ -208,12 +209,22 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
         Returns
         -------
         self : LDAEEncoder
+
+        Notes
+        -----
+        Launched by ``torchrun --nproc_per_node=N`` (one or several machines), fit
+        trains data-parallel (see :mod:`ldae.training.distributed`): each process
+        takes ``batch_size`` scans per step from its share of the data, gradients are
+        averaged over the processes (NCCL on GPUs, gloo on CPUs), and process 0
+        writes the checkpoints, which must be in a folder every process sees.
         """
         config = self._resolve_config()
         self._check_runtime_params()
         preprocessing = self._resolve_preprocessing(config)
         dataset, groups = self._usable_scans(X, groups, preprocessing)
         device = resolve_device(self.device)
+        parallel = distributed.start(device)  # a torchrun launch: data-parallel training
+        device = device if parallel is None else parallel.device
         dtype = resolve_precision(self.precision, device)
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         train_index, val_index = self._split(len(dataset), groups, seed)
@@ -228,6 +239,7 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
             self._fit_stages(dataset, train_index, val_index, device, dtype, seed, checkpoints)
         self.n_scans_ = len(train_index)
         self._n_features_out = config.embedding_dim
+        distributed.stop(parallel)
         return self
 
     def _usable_scans(self, X, groups, preprocessing):
@@ -298,7 +310,9 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
             self.fit_seconds_[stage.name] = completed["seconds"]
             return
         start = time.perf_counter()
-        generator = torch.Generator(device=device).manual_seed(seed + len(self.history_))
+        distributed.broadcast_parameters(networks.values())
+        generator = torch.Generator(device=device).manual_seed(
+            seed + len(self.history_) + 7919 * distributed.rank())
         history = train_stage(stage, train_loader, val_loader, generator=generator,
                               checkpoints=checkpoints, verbose=self.verbose)
         for key, average in stage.averages.items():
@@ -576,8 +590,10 @@ class _LoaderFactory:
 
     def _loader(self, dataset, shuffle):
         generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle,
-                          generator=generator, num_workers=self.num_workers)
+        # Data-parallel: each process shuffles its own share of the scans.
+        sampler = distributed.sampler(dataset, self.seed) if shuffle else None
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle and sampler is None,
+                          sampler=sampler, generator=generator, num_workers=self.num_workers)
 
     def volumes(self, dataset, index):
         if index is None:

@@ -183,7 +183,7 @@ mutations = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None, derandomize=True,
+@settings(max_examples=200, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(
     base=st.sampled_from([VALID, VALID_INT16]),

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ..exceptions import CheckpointError
+from . import distributed
 
 _CONTAINER = "ldae.checkpoint"
 _CONTAINER_VERSION = 1
@@ -150,6 +151,8 @@ class StageCheckpoints:
 
     Every file carries the fingerprint of the fit's settings and data; a file with
     another fingerprint belongs to another fit and is ignored (then overwritten).
+    In a data-parallel fit, process 0 writes the files and every process reads
+    them: the folder must be one that all processes see.
 
     Parameters
     ----------
@@ -176,7 +179,13 @@ class StageCheckpoints:
         return payload if payload["fingerprint"] == self.fingerprint else None
 
     def save(self, stage, payload, *, partial=False):
-        """Write ``payload`` for ``stage`` atomically; a completed stage drops its partial file."""
-        save_checkpoint({**payload, "fingerprint": self.fingerprint}, self._path(stage, partial))
-        if not partial:
-            self._path(stage, True).unlink(missing_ok=True)
+        """Write ``payload`` for ``stage`` atomically; a completed stage drops its partial file.
+
+        In a data-parallel fit, process 0 writes and every process waits for it.
+        """
+        if distributed.is_main_process():
+            save_checkpoint({**payload, "fingerprint": self.fingerprint},
+                            self._path(stage, partial))
+            if not partial:
+                self._path(stage, True).unlink(missing_ok=True)
+        distributed.barrier()

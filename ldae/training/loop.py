@@ -8,6 +8,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..exceptions import LDAEError
+from . import distributed
 
 
 class TrainingDivergedError(LDAEError, FloatingPointError):
@@ -46,9 +47,12 @@ class Stage:
 
 
 def optimisation_step(loss, optimizer, parameters, *, max_norm=1.0, averages=()):
-    """Backpropagate ``loss``, clip the gradient norm, step, and update EMAs."""
+    """Backpropagate ``loss``, average the gradients over the processes of a
+    data-parallel fit, clip the gradient norm, step, and update EMAs."""
+    parameters = list(parameters)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    distributed.average_gradients(parameters)
     torch.nn.utils.clip_grad_norm_(parameters, max_norm)
     optimizer.step()
     for average, module in averages:
@@ -76,24 +80,37 @@ def train_stage(stage, train_loader, val_loader=None, *, generator, checkpoints=
     Returns
     -------
     dict
-        ``{"loss": [...], "val_loss": [...]}``, one mean value per epoch.
+        ``{"loss": [...], "val_loss": [...]}``, one mean value per epoch; in a
+        data-parallel fit, means over the processes.
     """
     start = _resume(stage, generator, checkpoints)
-    progress = tqdm(range(start, stage.epochs), desc=stage.name, disable=not verbose,
+    progress = tqdm(range(start, stage.epochs), desc=stage.name,
+                    disable=not verbose or not distributed.is_main_process(),
                     initial=start, total=stage.epochs, leave=verbose > 1)
     for epoch in progress:
-        losses = [_checked(stage.step(batch, generator), stage.name, epoch) for batch in train_loader]
+        _start_epoch(train_loader, epoch)
+        # Every process checks the same (averaged) loss, so all stop together.
+        losses = [_checked(distributed.mean(stage.step(batch, generator), generator.device),
+                           stage.name, epoch) for batch in train_loader]
         stage.history["loss"].append(float(sum(losses) / max(len(losses), 1)))
         if val_loader is not None:
             with torch.no_grad():
                 val = [stage.evaluate(batch, generator) for batch in val_loader]
-            stage.history["val_loss"].append(float(sum(val) / max(len(val), 1)))
+            stage.history["val_loss"].append(
+                distributed.mean(float(sum(val) / max(len(val), 1)), generator.device))
         progress.set_postfix(loss=f"{stage.history['loss'][-1]:.4f}")
         done = epoch + 1
         if checkpoints is not None and done % checkpoint_every == 0 and done < stage.epochs:
             checkpoints.save(stage.name, _snapshot(stage, generator, done), partial=True)
     progress.close()
     return stage.history
+
+
+def _start_epoch(loader, epoch):
+    """Reshuffle a data-parallel loader's shares for this epoch."""
+    sampler = getattr(loader, "sampler", None)
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
 
 
 def _checked(loss, stage_name, epoch):
