@@ -14,6 +14,7 @@ import pytest
 
 from ldae import LDAEEncoder, cli
 from ldae.datasets import make_synthetic_cohort
+from ldae.exceptions import SkippedScanWarning
 from ldae.training.checkpoint import load_checkpoint
 
 EPOCHS = ["--preset", "tiny", "--ae-epochs", "1", "--diffusion-epochs", "1",
@@ -122,8 +123,10 @@ def test_embed_skips_a_broken_and_a_missing_scan_on_request(cohort, model_dir, t
 
     assert cli.main(command) == 1
     assert "gone.nii.gz does not exist" in capsys.readouterr().err
-    with pytest.warns(UserWarning, match="broken.nii.gz"):
+    with pytest.warns(SkippedScanWarning) as caught:
         assert cli.main([*command, "--on-error", "skip"]) == 0
+    warned = " ".join(str(warning.message) for warning in caught)
+    assert "broken.nii.gz" in warned and "gone.nii.gz" in warned
     table = pd.read_csv(out).set_index("path")
     assert table["error"].notna().sum() == 2
     assert "cannot read the image data" in table.loc[str(broken), "error"]
