@@ -2,10 +2,14 @@
 
 A scan that does not belong in a cohort (failed preprocessing, a flipped volume,
 another contrast, an artefact, noise) sits far from the other scans in embedding
-space, and the stage-1 autoencoder, trained on normal scans, reconstructs it badly.
-:class:`QualityControl` turns both signals into robust z-scores and flags the scans
-whose larger z-score passes a threshold; :func:`reconstruction_error` measures the
-second signal with a fitted :class:`ldae.LDAEEncoder`.
+space, and the stage-1 autoencoder, trained on normal scans, often reconstructs it
+badly. :class:`QualityControl` turns both signals into robust z-scores and flags
+the scans whose larger z-score passes a threshold, optionally comparing each scan
+with its own acquisition site. With a fitted :class:`ldae.LDAEEncoder`,
+:func:`reconstruction_error` measures the second signal and
+:func:`latent_statistics` gives a small stage-1 representation to use in place of
+the semantic embedding; :func:`simulate_corruptions` makes corrupted scans to check
+that QC catches them.
 """
 
 from numbers import Real
@@ -31,8 +35,9 @@ ERROR_METRICS = ("l1", "mse")
 CORRUPTIONS = ("artefact", "upside-down", "inverted contrast", "noise")
 SIMULATED = (*CORRUPTIONS, "left-right")
 # Below this many scans per embedding dimension the MCD's h-subset covariance is
-# unstable (Rousseeuw & Van Driessen 1999 advise n > 5p): shrink instead.
+# unstable (the usual rule of thumb is n > 5p): shrink instead.
 MCD_SAMPLES_PER_DIMENSION = 5
+MIN_SCANS_PER_SITE = 5
 
 
 class QualityControl(OutlierMixin, BaseEstimator):
@@ -41,14 +46,22 @@ class QualityControl(OutlierMixin, BaseEstimator):
     Each signal becomes a robust z-score against the scans seen in ``fit``:
     ``(value - median) / MAD``, with the MAD scaled to the standard deviation of a
     normal distribution. The embedding signal is the Mahalanobis distance to a
-    robust centre (``method="mahalanobis"``) or the anomaly score of an isolation
-    forest; the reconstruction signal is the logarithm of the reconstruction error
+    robust centre (``method="mahalanobis"``; its squared value to the power 1/3,
+    which is close to normal in any dimension) or the anomaly score of an
+    isolation forest; the reconstruction signal is the logarithm of the reconstruction error
     (errors are positive and skewed). The outlier score of a scan is the larger of
     its z-scores, so a scan is flagged when either signal is abnormal; scans whose
     score exceeds ``threshold`` are flagged.
 
     ``fit`` may see the outliers themselves: medians, MADs, the minimum covariance
     determinant and isolation forests resist a minority of contaminated scans.
+
+    In a multi-site cohort, pass ``site``: a site whose scanner gives noisier or
+    differently contrasted images otherwise looks abnormal as a whole. Both
+    signals are then centred on their site's median before scoring, so a scan is
+    compared with its own site's scans; every site needs at least 5 scans in
+    ``fit``, and a site whose scans are all corrupted is no longer visible (the
+    site-prediction check of :mod:`ldae.site_effects` shows such a site).
 
     Parameters
     ----------
@@ -73,6 +86,10 @@ class QualityControl(OutlierMixin, BaseEstimator):
     centers_, scales_ : dict of str to float
         Median and normal-scaled MAD of each signal ("embedding", and
         "reconstruction" when errors were given) over the fitted scans.
+    site_medians_ : dict of str to DataFrame, or None
+        With ``site``: per site (rows), the median embedding ("embedding") and
+        the median log reconstruction error ("reconstruction") subtracted from its
+        scans.
     uses_reconstruction_ : bool
         Whether ``fit`` received reconstruction errors (then scoring needs them).
     offset_ : float
@@ -95,7 +112,7 @@ class QualityControl(OutlierMixin, BaseEstimator):
         self.threshold = threshold
         self.random_state = random_state
 
-    def fit(self, X, y=None, reconstruction_error=None):
+    def fit(self, X, y=None, reconstruction_error=None, site=None):
         """Learn what normal scans look like.
 
         Parameters
@@ -105,6 +122,8 @@ class QualityControl(OutlierMixin, BaseEstimator):
         y : ignored
         reconstruction_error : array-like of shape (n_scans,), optional
             Reconstruction error of each scan (see :func:`reconstruction_error`).
+        site : array-like of shape (n_scans,), optional
+            Acquisition site of each scan: compare each scan with its own site.
 
         Returns
         -------
@@ -112,19 +131,24 @@ class QualityControl(OutlierMixin, BaseEstimator):
         """
         self._check_params()
         X = validate_data(self, X, dtype=np.float64, ensure_min_samples=3)
-        self.scaler_ = RobustScaler().fit(X)
-        scaled = self.scaler_.transform(X)
+        self.uses_reconstruction_ = reconstruction_error is not None
+        raw = {"embedding": X}
+        if self.uses_reconstruction_:
+            raw["reconstruction"] = _log_errors(reconstruction_error, len(X))[:, None]
+        self.site_medians_ = None if site is None else _site_medians(raw, _sites(site, len(X)))
+        centred = self._site_centred(raw, site)
+        self.scaler_ = RobustScaler().fit(centred["embedding"])
+        scaled = self.scaler_.transform(centred["embedding"])
         self.detector_ = self._fit_detector(scaled)
         signals = {"embedding": self._embedding_signal(scaled)}
-        self.uses_reconstruction_ = reconstruction_error is not None
         if self.uses_reconstruction_:
-            signals["reconstruction"] = _log_errors(reconstruction_error, len(X))
+            signals["reconstruction"] = centred["reconstruction"][:, 0]
         self.centers_ = {name: float(np.median(values)) for name, values in signals.items()}
         self.scales_ = {name: _spread(values) for name, values in signals.items()}
         self.offset_ = -float(self.threshold)
         return self
 
-    def signal_scores(self, X, reconstruction_error=None):
+    def signal_scores(self, X, reconstruction_error=None, site=None):
         """Robust z-score of each signal.
 
         Parameters
@@ -132,6 +156,8 @@ class QualityControl(OutlierMixin, BaseEstimator):
         X : array-like of shape (n_scans, n_features)
         reconstruction_error : array-like of shape (n_scans,), optional
             Required when ``fit`` received reconstruction errors.
+        site : array-like of shape (n_scans,), optional
+            Required when ``fit`` received sites.
 
         Returns
         -------
@@ -140,74 +166,82 @@ class QualityControl(OutlierMixin, BaseEstimator):
         """
         check_is_fitted(self)
         X = validate_data(self, X, dtype=np.float64, reset=False)
-        signals = {"embedding": self._embedding_signal(self.scaler_.transform(X))}
+        raw = {"embedding": X}
         if self.uses_reconstruction_:
             if reconstruction_error is None:
                 raise InputError("reconstruction_error: required, since fit received reconstruction errors")
-            signals["reconstruction"] = _log_errors(reconstruction_error, len(X))
+            raw["reconstruction"] = _log_errors(reconstruction_error, len(X))[:, None]
         elif reconstruction_error is not None:
             raise InputError("reconstruction_error: fit received none, so it cannot be scored; "
                              "refit with reconstruction_error=")
+        centred = self._site_centred(raw, site)
+        signals = {"embedding": self._embedding_signal(self.scaler_.transform(centred["embedding"]))}
+        if self.uses_reconstruction_:
+            signals["reconstruction"] = centred["reconstruction"][:, 0]
         return pd.DataFrame({f"{name}_z": (values - self.centers_[name]) / self.scales_[name]
                              for name, values in signals.items()})
 
-    def outlier_score(self, X, reconstruction_error=None):
+    def outlier_score(self, X, reconstruction_error=None, site=None):
         """Outlier score of each scan: the larger of its robust z-scores (higher is worse).
 
         Parameters
         ----------
         X : array-like of shape (n_scans, n_features)
         reconstruction_error : array-like of shape (n_scans,), optional
+        site : array-like of shape (n_scans,), optional
 
         Returns
         -------
         ndarray of shape (n_scans,)
         """
-        return self.signal_scores(X, reconstruction_error).max(axis=1).to_numpy()
+        return self.signal_scores(X, reconstruction_error, site).max(axis=1).to_numpy()
 
-    def score_samples(self, X, reconstruction_error=None):
+    def score_samples(self, X, reconstruction_error=None, site=None):
         """Normality of each scan, scikit-learn's convention: ``-outlier_score`` (higher is better).
 
         Parameters
         ----------
         X : array-like of shape (n_scans, n_features)
         reconstruction_error : array-like of shape (n_scans,), optional
+        site : array-like of shape (n_scans,), optional
 
         Returns
         -------
         ndarray of shape (n_scans,)
         """
-        return -self.outlier_score(X, reconstruction_error)
+        return -self.outlier_score(X, reconstruction_error, site)
 
-    def decision_function(self, X, reconstruction_error=None):
+    def decision_function(self, X, reconstruction_error=None, site=None):
         """``threshold - outlier_score``: negative for flagged scans.
 
         Parameters
         ----------
         X : array-like of shape (n_scans, n_features)
         reconstruction_error : array-like of shape (n_scans,), optional
+        site : array-like of shape (n_scans,), optional
 
         Returns
         -------
         ndarray of shape (n_scans,)
         """
-        return self.score_samples(X, reconstruction_error) - self.offset_
+        return self.score_samples(X, reconstruction_error, site) - self.offset_
 
-    def predict(self, X, reconstruction_error=None):
+    def predict(self, X, reconstruction_error=None, site=None):
         """-1 for flagged scans, 1 for the others (scikit-learn's outlier convention).
 
         Parameters
         ----------
         X : array-like of shape (n_scans, n_features)
         reconstruction_error : array-like of shape (n_scans,), optional
+        site : array-like of shape (n_scans,), optional
 
         Returns
         -------
         ndarray of shape (n_scans,) of int
         """
-        return np.where(self.decision_function(X, reconstruction_error) < 0, -1, 1)
+        return np.where(self.decision_function(X, reconstruction_error, site) < 0, -1, 1)
 
-    def fit_predict(self, X, y=None, reconstruction_error=None):
+    def fit_predict(self, X, y=None, reconstruction_error=None, site=None):
         """Fit on the scans, then flag among them: -1 for flagged scans, 1 for the others.
 
         Parameters
@@ -215,20 +249,23 @@ class QualityControl(OutlierMixin, BaseEstimator):
         X : array-like of shape (n_scans, n_features)
         y : ignored
         reconstruction_error : array-like of shape (n_scans,), optional
+        site : array-like of shape (n_scans,), optional
 
         Returns
         -------
         ndarray of shape (n_scans,) of int
         """
-        return self.fit(X, reconstruction_error=reconstruction_error).predict(X, reconstruction_error)
+        self.fit(X, reconstruction_error=reconstruction_error, site=site)
+        return self.predict(X, reconstruction_error, site)
 
-    def score_table(self, X, reconstruction_error=None, frame=None):
+    def score_table(self, X, reconstruction_error=None, site=None, frame=None):
         """Every scan's scores, worst first.
 
         Parameters
         ----------
         X : array-like of shape (n_scans, n_features)
         reconstruction_error : array-like of shape (n_scans,), optional
+        site : array-like of shape (n_scans,), optional
         frame : DataFrame, optional
             One row per scan (e.g. the cohort table); its columns are joined and its
             index is kept.
@@ -240,7 +277,7 @@ class QualityControl(OutlierMixin, BaseEstimator):
             used), ``outlier_score`` and ``flagged``, sorted by decreasing
             ``outlier_score``.
         """
-        table = self.signal_scores(X, reconstruction_error)
+        table = self.signal_scores(X, reconstruction_error, site)
         table["outlier_score"] = table.max(axis=1)
         table["flagged"] = table["outlier_score"] > self.threshold
         if frame is not None:
@@ -249,20 +286,21 @@ class QualityControl(OutlierMixin, BaseEstimator):
             table = pd.concat([frame.reset_index(drop=True), table], axis=1).set_axis(frame.index)
         return table.sort_values("outlier_score", ascending=False, kind="stable")
 
-    def flag(self, X, reconstruction_error=None, frame=None):
+    def flag(self, X, reconstruction_error=None, site=None, frame=None):
         """The flagged scans, worst first: the rows of :meth:`score_table` above ``threshold``.
 
         Parameters
         ----------
         X : array-like of shape (n_scans, n_features)
         reconstruction_error : array-like of shape (n_scans,), optional
+        site : array-like of shape (n_scans,), optional
         frame : DataFrame, optional
 
         Returns
         -------
         DataFrame
         """
-        table = self.score_table(X, reconstruction_error, frame)
+        table = self.score_table(X, reconstruction_error, site, frame)
         return table[table["flagged"]]
 
     def _check_params(self):
@@ -270,6 +308,21 @@ class QualityControl(OutlierMixin, BaseEstimator):
             raise InputError(f"method={self.method!r}: expected one of {METHODS}")
         if not isinstance(self.threshold, Real) or not np.isfinite(self.threshold):
             raise InputError(f"threshold={self.threshold!r}: expected a finite number")
+
+    def _site_centred(self, raw, site):
+        """Each signal minus the median of the scan's site (unchanged without sites)."""
+        if self.site_medians_ is None:
+            if site is not None:
+                raise InputError("site: fit received no sites; refit with site=")
+            return raw
+        if site is None:
+            raise InputError("site: required, since fit received sites")
+        site = _sites(site, len(raw["embedding"]))
+        unknown = sorted(set(site.tolist()) - set(self.site_medians_["embedding"].index), key=str)
+        if unknown:
+            raise InputError(f"site: sites {unknown} were not seen in fit")
+        return {name: values - self.site_medians_[name].loc[site].to_numpy()
+                for name, values in raw.items()}
 
     def _fit_detector(self, scaled):
         if self.method == "isolation_forest":
@@ -279,14 +332,16 @@ class QualityControl(OutlierMixin, BaseEstimator):
             return MinCovDet(random_state=self.random_state).fit(scaled)
         shrunk = LedoitWolf().fit(scaled)
         # one reweighting step: outliers in the fit would inflate the covariance
-        distances = np.sqrt(shrunk.mahalanobis(scaled))
+        distances = np.cbrt(shrunk.mahalanobis(scaled))
         inliers = (distances - np.median(distances)) / _spread(distances) <= self.threshold
         return LedoitWolf().fit(scaled[inliers]) if inliers.sum() >= 3 else shrunk
 
     def _embedding_signal(self, scaled):
         if self.method == "isolation_forest":
             return -self.detector_.score_samples(scaled)
-        return np.sqrt(self.detector_.mahalanobis(scaled))
+        # the cube root of a squared distance is close to normal (Wilson & Hilferty
+        # 1931) whatever the dimension, so robust z-scores of it are calibrated
+        return np.cbrt(self.detector_.mahalanobis(scaled))
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -299,8 +354,10 @@ def reconstruction_error(encoder, X, metric="l1"):
 
     Each scan is preprocessed as the encoder preprocesses it, encoded to the mean of
     the autoencoder's posterior and decoded; the error is averaged over voxels.
-    Scans unlike the training data (another contrast, a flipped volume, noise, a
-    strong artefact) reconstruct worse.
+    Scans unlike the training data (noise, a strong artefact) reconstruct worse; a
+    convolutional autoencoder still reconstructs some unfamiliar images (another
+    contrast, a flipped head) about as well as normal ones, which the embedding or
+    :func:`latent_statistics` catch instead.
 
     Parameters
     ----------
@@ -339,7 +396,7 @@ def latent_statistics(encoder, X):
     convolutional autoencoder reconstructs many unfamiliar images well). It
     depends on stage 1 only, so it is a QC representation that does not wait for
     the semantic embedding to be trained well: pass it to
-    :class:`QualityControl` in place of, or beside, the embedding.
+    :class:`QualityControl` in place of the embedding.
 
     Parameters
     ----------
@@ -357,6 +414,22 @@ def latent_statistics(encoder, X):
     latents = encoder.encode_latent(X)
     spatial = tuple(range(2, latents.ndim))
     return np.concatenate([latents.mean(axis=spatial), latents.std(axis=spatial)], axis=1)
+
+
+def _sites(site, n_scans):
+    site = np.asarray(site)
+    if site.shape != (n_scans,):
+        raise InputError(f"site has shape {site.shape}; expected one site per scan ({n_scans},)")
+    return site
+
+
+def _site_medians(raw, site):
+    counts = pd.Series(site).value_counts()
+    small = counts[counts < MIN_SCANS_PER_SITE]
+    if len(small):
+        raise InputError(f"site: sites {small.to_dict()} have fewer than {MIN_SCANS_PER_SITE} scans, "
+                         "too few for a typical value; merge them or leave site out")
+    return {name: pd.DataFrame(values).groupby(site).median() for name, values in raw.items()}
 
 
 def _log_errors(errors, n_scans):

@@ -119,6 +119,28 @@ def test_isolation_forest_and_the_flag_table():
     assert len(flagged) == (table["outlier_score"] > qc.threshold).sum() < 0.1 * len(X)
 
 
+def test_sites_are_compared_with_themselves():
+    rng = np.random.default_rng(1)
+    site = np.repeat(["A", "B", "C"], 30)
+    X = rng.normal(size=(90, 4)) + 4.0 * (site == "B")[:, None]  # site B's scanner shifts everything
+    errors = np.exp(rng.normal(np.log(0.05), 0.05, 90) + 0.5 * (site == "B"))
+    X[[0, 60]] += 6.0  # one broken scan at sites A and C
+    errors[[0, 60]] *= 2.0
+    pooled = QualityControl(random_state=0).fit(X, reconstruction_error=errors)
+    assert (pooled.predict(X, errors)[site == "B"] == -1).mean() > 0.5  # the whole site looks wrong
+    by_site = QualityControl(random_state=0).fit(X, reconstruction_error=errors, site=site)
+    assert list(np.flatnonzero(by_site.predict(X, errors, site) == -1)) == [0, 60]
+    assert list(by_site.site_medians_["embedding"].index) == ["A", "B", "C"]
+    with pytest.raises(InputError, match="site: required"):
+        by_site.predict(X, errors)
+    with pytest.raises(InputError, match="\\['D'\\] were not seen"):
+        by_site.predict(X[:2], errors[:2], site=["A", "D"])
+    with pytest.raises(InputError, match="fewer than 5 scans"):
+        QualityControl().fit(X[:33], site=site[:33])
+    with pytest.raises(InputError, match="refit with site="):
+        pooled.predict(X, errors, site=site)
+
+
 def test_reconstruction_errors_must_be_given_consistently():
     X = gaussian_with_outliers(40, 3)
     errors = np.full(len(X), 0.05)
