@@ -231,6 +231,8 @@ def site_prediction_score(embeddings, site, groups, *, cv=5, random_state=None, 
         Also score the harmonised embedding.
     covariates : DataFrame of shape (n_scans, n_covariates), optional
         Columns whose effects the harmoniser preserves (e.g. age, sex, diagnosis).
+        Where sites differ in these, the harmonised embedding still predicts site
+        above chance: that part of the site signal is case mix, not scanner.
     n_jobs : int, optional
         joblib workers over (model, fold).
 
