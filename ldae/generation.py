@@ -41,6 +41,8 @@ class GenerativeMixin:
     evaluations) used to encode and to decode; None uses the model's ``ddim_steps``.
     Scans given as an array give arrays back; scans given as paths or nibabel images
     give ``nibabel.Nifti1Image`` objects on the model grid (affine ``affine_``).
+    An unusable scan raises an InputError naming it, whatever ``on_error`` says:
+    these methods return one volume per input and cannot leave one out.
     """
 
     def encode_stochastic(self, X, steps=None):
@@ -111,8 +113,8 @@ class GenerativeMixin:
         """
         check_is_fitted(self)
         y = _checked_embeddings(embeddings, self.config_.embedding_dim)
-        if not isinstance(n_variations, numbers.Integral) or isinstance(n_variations, bool) \
-                or n_variations < 1:
+        is_count = isinstance(n_variations, numbers.Integral) and not isinstance(n_variations, bool)
+        if not is_count or n_variations < 1:
             raise InputError(f"n_variations must be a positive integer, got {n_variations!r}")
         steps = _checked_steps(self, steps)
         seed = check_random_state(random_state).randint(np.iinfo(np.int32).max)

@@ -45,8 +45,8 @@ def test_encoded_codes_beat_random_codes_which_beat_shuffled_embeddings(encoder,
     encoded = ssim(reconstructions, scans).mean()
     random_codes = ssim(from_noise, scans).mean()
     wrong_embedding = ssim(shuffled, scans).mean()
-    print(f"SSIM to the input: encoded x_T {encoded:.4f}, random x_T {random_codes:.4f}, "
-          f"random x_T with shuffled y {wrong_embedding:.4f}")
+    print(f"SSIM to the input: encoded x_T {encoded:.5f}, random x_T {random_codes:.5f}, "
+          f"random x_T with shuffled y {wrong_embedding:.5f}")
     assert encoded > random_codes
     assert random_codes > wrong_embedding
 
