@@ -1,0 +1,175 @@
+"""``transform`` throughput and peak memory against the number of NIfTI files on disk.
+
+Writes N gzipped NIfTI scans (copies of a few synthetic scans, so that writing them
+is cheap; every file is still read and decoded), fits an LDAEEncoder for one epoch
+per stage (throughput does not depend on how well it is trained), then, each in
+its own subprocess: ``transform(paths)`` of the first N files, and plain nibabel
+decoding of the same files (``np.asarray(nib.load(path).dataobj)``), the limit that
+reading sets. Memory must stay flat in N: the peak resident set size (getrusage)
+above the process's size before the call should not grow with N.
+
+    python benchmarks/bench_transform_scaling.py --quick   # 20 / 100 / 300 files
+    python benchmarks/bench_transform_scaling.py           # 100 / 1,000 / 5,000 files
+
+Writes docs/benchmarks/transform_scaling[_quick].json and .md.
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import joblib
+import nibabel as nib
+import numpy as np
+import torch
+
+OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
+SHAPE = (32, 40, 32)
+QUICK = dict(counts=[20, 100, 300])
+FULL = dict(counts=[100, 1000, 5000])
+
+
+def _rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+
+
+def worker(spec):
+    """Time one pass over the first ``count`` files: the encoder's or nibabel's."""
+    paths = Path(spec["list"]).read_text().split()[:spec["count"]]
+    if spec["kind"] == "transform":
+        model = joblib.load(spec["model"])
+        model.transform(paths[:2])  # warm-up
+        call = model.transform
+    else:
+        def call(files):
+            return [np.asarray(nib.load(path).dataobj) for path in files]
+    before = _rss_mb()
+    start = time.perf_counter()
+    call(paths)
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "scans_per_s": len(paths) / seconds, "rss_before_mb": before,
+            "peak_rss_mb": _rss_mb()}
+
+
+def _in_subprocess(spec):
+    command = [sys.executable, __file__, "--worker", json.dumps(spec)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"worker {spec} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _write_files(folder, count):
+    from ldae.datasets import make_synthetic_cohort
+
+    cohort = make_synthetic_cohort(4, shape=SHAPE, random_state=0)
+    paths = []
+    for i in range(count):
+        path = Path(folder) / f"scan_{i:05d}.nii.gz"
+        nib.save(nib.Nifti1Image(cohort.images[i % len(cohort.images)], cohort.affine), path)
+        paths.append(str(path))
+    return cohort.images, paths
+
+
+def _fit(images, folder):
+    from ldae import LDAEEncoder
+
+    model = LDAEEncoder(preset="small", image_shape=SHAPE, ae_epochs=1, diffusion_epochs=1,
+                        representation_epochs=1, random_state=0).fit(images)
+    path = str(Path(folder) / "model.joblib")
+    joblib.dump(model, path)
+    return path
+
+
+def _write(path, text):
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def _markdown(result):
+    import pandas as pd
+
+    from ldae.model_selection import markdown_table
+
+    rows = []
+    for row in result["rows"]:
+        transform, decode = row["transform"], row["nibabel"]
+        rows.append({
+            "files": row["count"],
+            "transform scans/s": f"{transform['scans_per_s']:.1f}",
+            "nibabel decode scans/s": f"{decode['scans_per_s']:.1f}",
+            "transform / decode": f"{transform['scans_per_s'] / decode['scans_per_s']:.2f}",
+            "transform peak RSS MB (growth)": f"{transform['peak_rss_mb']:.0f} "
+                                              f"(+{transform['peak_rss_mb'] - transform['rss_before_mb']:.0f})",
+            "nibabel peak RSS MB (growth)": f"{decode['peak_rss_mb']:.0f} "
+                                            f"(+{decode['peak_rss_mb'] - decode['rss_before_mb']:.0f})",
+        })
+    return "\n".join([
+        f"# `transform` against the number of files ({result['mode']})", "",
+        f"Command: `{result['command']}`", "",
+        f"{'×'.join(map(str, SHAPE))} gzipped NIfTI files, LDAEEncoder `small` architecture "
+        f"(fitted 1 epoch per stage: throughput only), {result['machine']['threads']} torch threads, "
+        f"load average at start {result['machine']['load_average']}. Growth: peak RSS above the "
+        "process's size before the call (model loaded, warmed up).", "",
+        markdown_table(pd.DataFrame(rows)), "",
+        f"Peak-RSS growth from {result['rows'][0]['count']} to {result['rows'][-1]['count']} files: "
+        f"{result['memory_growth_mb']:+.0f} MB; memory flat: {result['memory_flat']}.",
+    ])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="20 / 100 / 300 files")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return 0
+
+    counts = (QUICK if args.quick else FULL)["counts"]
+    result = {
+        "command": "python benchmarks/bench_transform_scaling.py" + (" --quick" if args.quick else ""),
+        "mode": "quick" if args.quick else "full",
+        "machine": {"python": platform.python_version(), "torch": torch.__version__,
+                    "threads": torch.get_num_threads(),
+                    "load_average": [round(x, 1) for x in os.getloadavg()]},
+        "rows": [],
+    }
+    with tempfile.TemporaryDirectory() as scratch:
+        images, paths = _write_files(scratch, max(counts))
+        listing = Path(scratch) / "paths.txt"
+        listing.write_text("\n".join(paths))
+        model = _fit(images, scratch)
+        for count in counts:
+            row = {"count": count}
+            for kind in ("nibabel", "transform"):
+                row[kind] = _in_subprocess({"kind": kind, "count": count, "list": str(listing),
+                                            "model": model})
+            print(f"{count} files: transform {row['transform']['scans_per_s']:.1f} scans/s, "
+                  f"nibabel {row['nibabel']['scans_per_s']:.1f} scans/s, transform peak RSS "
+                  f"{row['transform']['peak_rss_mb']:.0f} MB")
+            result["rows"].append(row)
+    growth = [row["transform"]["peak_rss_mb"] - row["transform"]["rss_before_mb"]
+              for row in result["rows"]]
+    result["memory_growth_mb"] = growth[-1] - growth[0]
+    # flat: the largest run needs less than 10% more memory than the smallest
+    result["memory_flat"] = bool(result["memory_growth_mb"] < 0.1 * result["rows"][0]["transform"]["peak_rss_mb"])
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    name = "transform_scaling_quick" if args.quick else "transform_scaling"
+    _write(OUTPUT / f"{name}.json", json.dumps(result, indent=2) + "\n")
+    markdown = _markdown(result)
+    _write(OUTPUT / f"{name}.md", markdown + "\n")
+    print(markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
