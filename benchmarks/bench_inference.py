@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -33,40 +32,31 @@ from pathlib import Path
 import joblib
 import numpy as np
 import torch
+from _memory import PeakRSS
 
 from ldae.training.device import resolve_device, resolve_precision
 
 OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
 MODELS = ("LDAE", "voxel DAE")
-QUICK = dict(shapes=[(32, 40, 32)], steps=[10, 20], n_scans=4, n_subjects=3, preset="small")
+QUICK = dict(shapes=[(32, 40, 32)], steps=[10, 20], n_scans=4, n_subjects=3, preset="small",
+             epochs=1)
 FULL = dict(shapes=[(64, 80, 64), (128, 160, 128)], steps=[10, 20, 50, 100], n_scans=16,
-            n_subjects=4, preset="small")
+            n_subjects=4, preset="small", epochs=1)
 
 
 # ------------------------------------------------------------------ workers
 
 
-def _build(model, preset, shape):
+def _build(model, preset, shape, epochs):
     if model == "LDAE":
         from ldae import LDAEEncoder
 
-        return LDAEEncoder(preset=preset, image_shape=shape, ae_epochs=1, diffusion_epochs=1,
-                           representation_epochs=1, validation_fraction=0, random_state=0)
+        return LDAEEncoder(preset=preset, image_shape=shape, ae_epochs=epochs,
+                           diffusion_epochs=epochs, representation_epochs=epochs,
+                           validation_fraction=0, random_state=0)
     from ldae.baselines import VoxelDAEEncoder
 
-    return VoxelDAEEncoder(preset=preset, image_shape=shape, epochs=1, random_state=0)
-
-
-def _peak_memory_mb():
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # Linux: kB
-
-
-def _reset_peak():
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+    return VoxelDAEEncoder(preset=preset, image_shape=shape, epochs=epochs, random_state=0)
 
 
 def _sync():
@@ -77,17 +67,19 @@ def _sync():
 def worker_fit(spec):
     """Fit one model (after a warm-up fit on one batch) and save it."""
     scans = np.load(spec["scans"])
-    warm_up = _build(spec["model"], spec["preset"], tuple(spec["shape"]))
-    warm_up.fit(scans[:warm_up._resolve_config().batch_size])
-    _reset_peak()
-    model = _build(spec["model"], spec["preset"], tuple(spec["shape"]))
-    model.fit(scans)
+    epochs = spec.get("epochs", 1)
+    if epochs:
+        warm_up = _build(spec["model"], spec["preset"], tuple(spec["shape"]), epochs)
+        warm_up.fit(scans[:warm_up._resolve_config().batch_size])
+    model = _build(spec["model"], spec["preset"], tuple(spec["shape"]), epochs)
+    with PeakRSS() as memory:
+        model.fit(scans)
     joblib.dump(model, spec["path"])
     parameters = {key: sum(p.numel() for p in value.parameters())
                   for key, value in vars(model).items()
                   if key.endswith("_") and isinstance(value, torch.nn.Module)}
     return {"fit_seconds": model.fit_seconds_, "n_scans": len(scans), "parameters": parameters,
-            "peak_mb": _peak_memory_mb()}
+            "peak_mb": memory.peak_mb, "before_mb": memory.before_mb}
 
 
 def worker_measure(spec):
@@ -102,15 +94,13 @@ def worker_measure(spec):
         return getattr(model, operation)(batch, steps=n_steps)
 
     run(scans, 2)  # warm-up at the timed batch size: oneDNN builds kernels per shape
-    before = _peak_memory_mb()
-    _reset_peak()
-    _sync()
-    start = time.perf_counter()
-    run(scans, steps)
-    _sync()
-    seconds = time.perf_counter() - start
+    with PeakRSS() as memory:
+        start = time.perf_counter()
+        run(scans, steps)
+        _sync()
+        seconds = time.perf_counter() - start
     return {"seconds": seconds, "scans_per_s": len(scans) / seconds,
-            "peak_mb": _peak_memory_mb(), "peak_mb_before": before}
+            "peak_mb": memory.peak_mb, "before_mb": memory.before_mb}
 
 
 def _in_subprocess(kind, spec):
@@ -144,17 +134,18 @@ def benchmark_shape(shape, settings, scratch, say):
     for model in MODELS:
         path = str(Path(scratch) / f"{model.replace(' ', '_')}_{'x'.join(map(str, shape))}.joblib")
         spec = {"model": model, "preset": settings["preset"], "shape": list(shape),
-                "scans": scans_path, "path": path}
-        say(f"{shape} {model}: fit (1 epoch per stage)")
+                "scans": scans_path, "path": path, "epochs": settings["epochs"]}
+        say(f"{shape} {model}: fit ({settings['epochs']} epoch(s) per stage)")
         result["training"][model] = _in_subprocess("fit", spec)
         result["throughput"][model], result["peak_mb"][model] = {}, {}
         for operation, steps in _columns(settings["steps"]):
             measured = _in_subprocess("measure", {**spec, "operation": operation, "steps": steps})
             column = _column_name(operation, steps)
             result["throughput"][model][column] = measured["scans_per_s"]
-            result["peak_mb"][model][column] = measured["peak_mb"]
+            result["peak_mb"][model][column] = (f"{measured['peak_mb']:.0f} "
+                                                f"({measured['before_mb']:.0f})")
             say(f"  {model} {column}: {measured['scans_per_s']:.3f} scans/s, "
-                f"peak {measured['peak_mb']:.0f} MB")
+                f"peak {measured['peak_mb']:.0f} MB (before {measured['before_mb']:.0f})")
     result["ldae_speedup"] = {
         column: result["throughput"]["LDAE"][column] / result["throughput"]["voxel DAE"][column]
         for column in result["throughput"]["LDAE"]}
@@ -178,16 +169,18 @@ def _markdown(result):
         table.loc["LDAE speed-up (×)"] = pd.Series(shape_result["ldae_speedup"])
         lines += [f"## {shape}, {shape_result['n_scans']} scans", "", "Scans per second:", "",
                   markdown_table(table.map(lambda v: f"{v:.3g}").reset_index(names="model")), "",
-                  "Peak memory (MB) of each measurement:", "",
+                  "Peak memory during each call, MB (in brackets: before the call, with "
+                  "libraries, model and scans loaded):", "",
                   markdown_table(pd.DataFrame(shape_result["peak_mb"]).T
-                                 .map(lambda v: f"{v:.0f}").reset_index(names="model")), "",
-                  "Training (1 epoch per stage, after a warm-up fit):", ""]
+                                 .reset_index(names="model")), "",
+                  "Training (seconds of the one epoch per stage, after a warm-up fit):", ""]
         rows = []
         for model, training in shape_result["training"].items():
             for stage, seconds in training["fit_seconds"].items():
                 rows.append({"model": model, "stage": stage, "seconds per epoch": f"{seconds:.2f}",
                              "seconds per scan": f"{seconds / training['n_scans']:.3f}",
-                             "peak MB (whole fit)": f"{training['peak_mb']:.0f}"})
+                             "peak MB (whole fit)": f"{training['peak_mb']:.0f} "
+                                                    f"({training['before_mb']:.0f})"})
         lines += [markdown_table(pd.DataFrame(rows)), "", "Parameters: " + "; ".join(
             f"{model}: " + ", ".join(f"{name} {count:,}" for name, count in training["parameters"].items())
             for model, training in shape_result["training"].items()), ""]
@@ -203,6 +196,12 @@ def _write(path, text):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="32x40x32, 10/20 steps")
+    parser.add_argument("--shape", help="one grid DxHxW instead of the mode's (a custom run)")
+    parser.add_argument("--steps", type=int, nargs="+", help="DDIM steps instead of the mode's")
+    parser.add_argument("--scans", type=int, help="number of scans instead of the mode's")
+    parser.add_argument("--epochs", type=int, choices=(0, 1),
+                        help="0: untrained networks (only the autoencoder's latents are "
+                             "computed); the fastest way to time a large grid")
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -211,14 +210,20 @@ def main(argv=None):
         print(json.dumps(outcome))
         return 0
 
-    settings = QUICK if args.quick else FULL
+    settings = dict(QUICK if args.quick else FULL)
+    custom = {key: value for key, value in (
+        ("shapes", args.shape and [tuple(int(size) for size in args.shape.split("x"))]),
+        ("steps", args.steps), ("n_scans", args.scans), ("epochs", args.epochs))
+        if value is not None}
+    settings.update(custom)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "CPU"
     result = {
-        "command": "python benchmarks/bench_inference.py" + (" --quick" if args.quick else ""),
-        "mode": "quick" if args.quick else "full", "preset": settings["preset"],
-        "note": ("Both models are fitted for one epoch per stage on the benchmark scans: the "
-                 "figures time network evaluations, not model quality. Each figure is one "
-                 "subprocess, timed after a warm-up call."),
+        "command": "python benchmarks/bench_inference.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "mode": ("custom" if custom else "quick" if args.quick else "full"),
+        "preset": settings["preset"],
+        "note": (f"Both models are fitted for {settings['epochs']} epoch(s) per stage on the "
+                 "benchmark scans: the figures time network evaluations, not model quality. "
+                 "Each figure is one subprocess, timed after a warm-up call."),
         "machine": {"device": device, "python": platform.python_version(),
                     "torch": torch.__version__, "threads": torch.get_num_threads(),
                     "load_average": [round(x, 1) for x in os.getloadavg()]},
@@ -230,6 +235,8 @@ def main(argv=None):
     result["precision"] = str(resolve_precision("auto", resolve_device("auto")) or torch.float32)
     OUTPUT.mkdir(parents=True, exist_ok=True)
     name = "inference_quick" if args.quick else "inference"
+    if custom:
+        name = "inference_" + "_".join("x".join(map(str, shape)) for shape in settings["shapes"])
     _write(OUTPUT / f"{name}.json", json.dumps(result, indent=2) + "\n")
     markdown = _markdown(result)
     _write(OUTPUT / f"{name}.md", markdown + "\n")

@@ -5,8 +5,9 @@ is cheap; every file is still read and decoded), fits an LDAEEncoder for one epo
 per stage (throughput does not depend on how well it is trained), then, each in
 its own subprocess: ``transform(paths)`` of the first N files, and plain nibabel
 decoding of the same files (``np.asarray(nib.load(path).dataobj)``), the limit that
-reading sets. Memory must stay flat in N: the peak resident set size (getrusage)
-above the process's size before the call should not grow with N.
+reading sets. Memory must stay flat in N: the peak resident set size during the
+call (sampled, see benchmarks/_memory.py) above the process's size before it should
+not grow with N.
 
     python benchmarks/bench_transform_scaling.py --quick   # 20 / 100 / 300 files
     python benchmarks/bench_transform_scaling.py           # 100 / 1,000 / 5,000 files
@@ -18,7 +19,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -29,15 +29,12 @@ import joblib
 import nibabel as nib
 import numpy as np
 import torch
+from _memory import PeakRSS
 
 OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
 SHAPE = (32, 40, 32)
 QUICK = dict(counts=[20, 100, 300])
 FULL = dict(counts=[100, 1000, 5000])
-
-
-def _rss_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
 
 
 def worker(spec):
@@ -50,12 +47,12 @@ def worker(spec):
     else:
         def call(files):
             return [np.asarray(nib.load(path).dataobj) for path in files]
-    before = _rss_mb()
-    start = time.perf_counter()
-    call(paths)
-    seconds = time.perf_counter() - start
-    return {"seconds": seconds, "scans_per_s": len(paths) / seconds, "rss_before_mb": before,
-            "peak_rss_mb": _rss_mb()}
+    with PeakRSS() as memory:
+        start = time.perf_counter()
+        call(paths)
+        seconds = time.perf_counter() - start
+    return {"seconds": seconds, "scans_per_s": len(paths) / seconds,
+            "rss_before_mb": memory.before_mb, "peak_rss_mb": memory.peak_mb}
 
 
 def _in_subprocess(spec):
@@ -160,7 +157,7 @@ def main(argv=None):
     growth = [row["transform"]["peak_rss_mb"] - row["transform"]["rss_before_mb"]
               for row in result["rows"]]
     result["memory_growth_mb"] = growth[-1] - growth[0]
-    # flat: the largest run needs less than 10% more memory than the smallest
+    # flat: the largest run's peak is within 10% of the smallest run's
     result["memory_flat"] = bool(result["memory_growth_mb"] < 0.1 * result["rows"][0]["transform"]["peak_rss_mb"])
     OUTPUT.mkdir(parents=True, exist_ok=True)
     name = "transform_scaling_quick" if args.quick else "transform_scaling"
