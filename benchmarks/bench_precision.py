@@ -8,7 +8,7 @@ the fp32 and bf16 embeddings is reported against the embeddings' spread.
 The recommendation: bf16 where it is faster and the embeddings agree within the
 tolerance (max |difference| < 5% of the embeddings' standard deviation), else fp32.
 
-    python benchmarks/bench_precision.py --quick    # 32x40x32, 8 scans
+    python benchmarks/bench_precision.py --quick    # 32x40x32, 4 scans
     python benchmarks/bench_precision.py            # 64x80x64, 16 scans, --compile allowed
 
 Writes docs/benchmarks/precision[_quick].json and .md.
@@ -63,8 +63,8 @@ def _training_steps(model, scans, dtype, compiled):
             loss = diffusion_loss(denoiser, z0, schedule, generator=torch.Generator().manual_seed(0))
         loss.backward()
 
-    times = {"autoencoder step": None if compiled else _timed(autoencoder_step, 2),
-             "denoiser step": _timed(denoiser_step, 3)}
+    times = {"autoencoder step": None if compiled else _timed(autoencoder_step, 1),
+             "denoiser step": _timed(denoiser_step, 1)}
     autoencoder.eval().requires_grad_(False)
     unet.eval().requires_grad_(False)
     return times
@@ -75,7 +75,7 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile")
     args = parser.parse_args(argv)
-    shape, n_scans = ((32, 40, 32), 8) if args.quick else ((64, 80, 64), 16)
+    shape, n_scans = ((32, 40, 32), 4) if args.quick else ((64, 80, 64), 16)
     scans = make_synthetic_cohort(3, shape=shape, random_state=0).images[:n_scans]
     model = LDAEEncoder(preset="small", image_shape=shape, ae_epochs=1, diffusion_epochs=1,
                         representation_epochs=1, precision="fp32", random_state=0).fit(scans)
@@ -84,7 +84,7 @@ def main(argv=None):
     for name, precision, dtype in (("fp32", "fp32", None), ("bf16", "bf16", torch.bfloat16)):
         model.set_params(precision=precision)
         embeddings[name] = model.transform(scans)
-        rows[name] = {"transform (s per scan)": _timed(lambda: model.transform(scans), 2) / n_scans,
+        rows[name] = {"transform (s per scan)": _timed(lambda: model.transform(scans), 1) / n_scans,
                       **_training_steps(model, scans[:model.config_.batch_size], dtype, False)}
     if args.compile:
         rows["fp32 + compile"] = {"transform (s per scan)": None,
