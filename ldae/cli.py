@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ._files import write_atomically
 from .exceptions import InputError, LDAEError
 
 _MODEL_FILE = "model.pt"
@@ -146,7 +147,7 @@ def _fit(args):
         "stage_seconds": model.fit_seconds_,
         "history": model.history_,
     }
-    _write_atomically(out / "fit.json",
+    write_atomically(out / "fit.json",
                       lambda temporary: temporary.write_text(json.dumps(summary, indent=2)))
     _report(f"trained on {summary['n_scans']} scans ({summary['n_skipped']} skipped) in "
             f"{summary['seconds']:.1f} s; wrote {out / _MODEL_FILE}", args)
@@ -207,7 +208,7 @@ def _embed(args):
     table = parts.merged(frame[[c for c in _ID_COLUMNS if c in frame]])
     _write_table(table, out)
     skipped = table[table["error"].notna()]
-    _write_atomically(
+    write_atomically(
         _sidecar(out), lambda temporary: temporary.write_text(json.dumps({
             "model": str(model_file.absolute()), "model_sha256": parts.model_digest,
             "manifest": str(Path(args.manifest).absolute()), "n_scans": len(table),
@@ -253,7 +254,7 @@ class _Parts:
                 f"{self.folder}: partial results of another model; delete the folder or "
                 "embed with the model that wrote them")
         self.folder.mkdir(parents=True, exist_ok=True)
-        _write_atomically(marker, lambda temporary: temporary.write_text(model_digest))
+        write_atomically(marker, lambda temporary: temporary.write_text(model_digest))
 
     def _chunks(self):
         return sorted(self.folder.glob("part-*.csv"))
@@ -279,7 +280,7 @@ class _Parts:
 
     def write(self, table):
         path = self.folder / f"part-{len(self._chunks()):06d}.csv"
-        _write_atomically(path, lambda temporary: table.to_csv(temporary, index=False))
+        write_atomically(path, lambda temporary: table.to_csv(temporary, index=False))
 
     def merged(self, frame):
         """One row per scan of ``frame`` (same order): its columns, the error, the embedding."""
@@ -305,10 +306,10 @@ def _write_table(table, path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() == ".parquet":
-        _write_atomically(path, lambda temporary: table.to_parquet(temporary, index=False))
+        write_atomically(path, lambda temporary: table.to_parquet(temporary, index=False))
     else:
         separator = _SEPARATORS.get(path.suffix.lower(), "\t")
-        _write_atomically(path, lambda temporary: table.to_csv(temporary, sep=separator,
+        write_atomically(path, lambda temporary: table.to_csv(temporary, sep=separator,
                                                                 index=False))
 
 
@@ -317,13 +318,6 @@ def _read_table(path):
         return pd.read_parquet(path)
     return pd.read_csv(path, sep=_SEPARATORS[path.suffix.lower()],
                        dtype={"subject": str, "session": str, "path": str, "error": str})
-
-
-def _write_atomically(path, write):
-    """``write(temporary_path)``, then rename into place (imported late: it pulls torch)."""
-    from .datasets._bids import _write_atomically as write_atomically
-
-    write_atomically(path, write)
 
 
 def _sidecar(out):

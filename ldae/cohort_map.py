@@ -5,8 +5,6 @@ t-SNE) next to the cohort table; :func:`plot_cohort_map` draws the map coloured 
 any column, with the visits of each subject joined in time order.
 """
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ from sklearn.manifold import TSNE
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils import check_array
 
+from ._files import write_atomically
 from .exceptions import InputError
 
 __all__ = ["cohort_map", "plot_cohort_map"]
@@ -168,12 +167,4 @@ def _is_categorical(values):
 
 def _save_png(figure, path):
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
-                                             suffix=".png")
-    os.close(descriptor)
-    try:
-        figure.savefig(temporary, format="png", dpi=120)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_atomically(path, lambda temporary: figure.savefig(temporary, format="png", dpi=120))

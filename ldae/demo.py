@@ -1,35 +1,65 @@
-"""The demo study: synthetic cohort -> fit -> embed -> probe -> compare -> report."""
+"""The demo study: synthetic cohort -> fit -> embed -> probe -> compare -> report.
+
+The report (``report.html``, figures embedded, and its twin ``report.md``) holds the
+cohort, the training curves, the probes with confidence intervals, the model
+comparison, the generative figures (reconstruction, variations, manipulation toward
+AD, interpolation of a missing visit), the cohort analysis (map, a retrieval
+example, quality control, site prediction) and the run's settings and versions.
+"""
 
 import platform
 import time
-from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import sklearn
+import torch
+from matplotlib import pyplot
+from sklearn.base import clone
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import mean_absolute_error, roc_auc_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from . import __version__
+from .cohort_map import cohort_map, plot_cohort_map
 from .datasets import make_synthetic_cohort
 from .encoder import LDAEEncoder
-from .model_selection import markdown_table
+from .generation import embedding_direction
+from .metrics import ssim
+from .plotting import (plot_interpolation, plot_manipulation, plot_reconstruction,
+                       plot_training_history, plot_variations)
 from .probes import probe_embeddings
+from .quality_control import QualityControl, reconstruction_error, simulate_corruptions
+from .report import Report
+from .retrieval import SimilarScans, recall_at_k
+from .site_effects import site_prediction_score
+from .stats import bootstrap_ci
 
 DEMO_SHAPE = (32, 40, 32)
 FULL = dict(n_subjects=60, overrides={})
 # --quick trains half the epochs on a third of the subjects: a smoke run of the
 # whole path, not a result.
 QUICK = dict(n_subjects=20, overrides=dict(ae_epochs=5, diffusion_epochs=15, representation_epochs=15))
+DDIM_STEPS = 20
+MANIPULATION_GAPS = (-2, -1, 0, 1, 2)
 
 
-def run_demo(output_dir="ldae-demo", *, quick=False, n_subjects=None, random_state=0, verbose=1):
+def run_demo(output_dir="ldae-demo", *, quick=False, n_subjects=None, encoder=None, random_state=0,
+             verbose=1):
     """Run the whole LDAE study on a synthetic cohort and write a report.
 
     Parameters
     ----------
     output_dir : str or Path, default="ldae-demo"
-        Folder receiving ``report.md``.
+        Folder receiving ``report.html``, ``report.md`` and ``figures/``.
     quick : bool, default=False
         Fewer subjects and epochs (a smoke run in under two minutes).
     n_subjects : int, optional
         Overrides the number of synthetic subjects.
+    encoder : LDAEEncoder, optional
+        An unfitted model to use instead of the "small" preset (it is cloned; its
+        image shape must be the demo's 32x40x32).
     random_state : int, default=0
         Seed of the cohort, the model and the folds.
     verbose : int, default=1
@@ -38,39 +68,39 @@ def run_demo(output_dir="ldae-demo", *, quick=False, n_subjects=None, random_sta
     Returns
     -------
     dict
-        ``cohort``, ``encoder``, ``probes`` (ProbeResults), ``report`` (path).
+        ``cohort``, ``encoder``, ``probes`` (ProbeResults), ``report`` (path of the
+        HTML report) and ``markdown`` (path of its Markdown twin).
     """
     settings = QUICK if quick else FULL
     say = print if verbose else (lambda *args, **kwargs: None)
     timings = {}
 
-    start = time.perf_counter()
-    cohort = make_synthetic_cohort(n_subjects or settings["n_subjects"], shape=DEMO_SHAPE,
-                                   random_state=random_state)
+    def timed(step, compute):
+        start = time.perf_counter()
+        result = compute()
+        timings[step] = time.perf_counter() - start
+        return result
+
+    cohort = timed("cohort", lambda: make_synthetic_cohort(
+        n_subjects or settings["n_subjects"], shape=DEMO_SHAPE, random_state=random_state))
     frame = cohort.frame
-    timings["cohort"] = time.perf_counter() - start
     say(f"cohort: {len(frame)} scans of {frame.subject.nunique()} subjects "
         f"({_counts(frame.diagnosis)}) in {timings['cohort']:.1f} s")
 
-    start = time.perf_counter()
-    encoder = LDAEEncoder(preset="small", random_state=random_state, verbose=verbose,
-                          **settings["overrides"])
-    encoder.fit(cohort.images, groups=frame.subject)
-    timings["fit"] = time.perf_counter() - start
+    if encoder is None:
+        encoder = LDAEEncoder(preset="small", random_state=random_state, verbose=verbose,
+                              **settings["overrides"])
+    else:
+        encoder = clone(encoder)
+    timed("fit", lambda: encoder.fit(cohort.images, groups=frame.subject))
     say(f"fit: {timings['fit']:.1f} s (" + ", ".join(
         f"{stage} {seconds:.0f} s" for stage, seconds in encoder.fit_seconds_.items()) + ")")
 
-    start = time.perf_counter()
-    embeddings = encoder.transform(cohort.images)
+    embeddings = timed("embed", lambda: encoder.transform(cohort.images))
     pooled_latents = encoder.encode_latent(cohort.images).mean(axis=(2, 3, 4))
-    timings["embed"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    probes = probe_embeddings(
+    probes = timed("probes", lambda: probe_embeddings(
         {"LDAE": embeddings, "AE latent (mean-pooled)": pooled_latents}, frame,
-        voxels=cohort.images, random_state=random_state,
-    )
-    timings["probes"] = time.perf_counter() - start
+        voxels=cohort.images, random_state=random_state))
     table, comparisons = probes.table(), probes.comparisons("LDAE")
     say("\nLinear probes, subject-grouped 5-fold CV (mean ± sd over folds)\n")
     say(table.to_string())
@@ -78,40 +108,208 @@ def run_demo(output_dir="ldae-demo", *, quick=False, n_subjects=None, random_sta
     say(comparisons[["metric", "model_a", "model_b", "mean_difference", "pvalue",
                      "pvalue_corrected"]].to_string(index=False))
 
-    report = _write_report(Path(output_dir), cohort, encoder, table, comparisons, timings, quick)
-    say(f"\nreport: {report.resolve()}")
-    return {"cohort": cohort, "encoder": encoder, "probes": probes, "report": report}
+    report = Report("ldae demo report")
+    _cohort_section(report, cohort, quick)
+    _training_section(report, encoder)
+    _probe_section(report, probes, table, random_state)
+    _comparison_section(report, comparisons)
+    timed("generative", lambda: _generative_section(report, encoder, cohort, embeddings,
+                                                    random_state))
+    timed("cohort analysis", lambda: _analysis_section(report, encoder, cohort, embeddings,
+                                                       random_state))
+    _run_section(report, encoder, timings, quick)
+    html_path, markdown_path = report.write(output_dir)
+    say(f"\nreport: {html_path.resolve()}\n        {markdown_path.resolve()}")
+    return {"cohort": cohort, "encoder": encoder, "probes": probes, "report": html_path,
+            "markdown": markdown_path}
 
 
 def _counts(values):
     return ", ".join(f"{count} {name}" for name, count in values.value_counts().items())
 
 
-def _write_report(folder, cohort, encoder, table, comparisons, timings, quick):
+def _cohort_section(report, cohort, quick):
     frame = cohort.frame
-    lines = [
-        "# ldae demo report", "",
-        f"Synthetic cohort: {len(frame)} scans of {frame.subject.nunique()} subjects "
-        f"({_counts(frame.drop_duplicates('subject').baseline_diagnosis)} at baseline), "
-        f"grid {DEMO_SHAPE}.", "",
-        "## Linear probes", "",
-        "Subject-grouped stratified 5-fold cross-validation; the encoder was trained once, "
-        "without labels, on every scan (a transductive representation).", "",
-        markdown_table(table.reset_index(names="features")), "",
-        "## LDAE against the baselines", "",
-        "Corrected resampled t-test (Nadeau & Bengio) on the per-fold scores, Holm-corrected.", "",
-        markdown_table(comparisons), "",
-        "## Run", "",
-        f"- mode: {'quick' if quick else 'full'}; preset small; "
-        f"embedding size {encoder.config_.embedding_dim}",
-        "- seconds: " + ", ".join(f"{step} {value:.1f}" for step, value in timings.items()),
-        "- seconds per stage: " + ", ".join(
-            f"{stage} {value:.1f}" for stage, value in encoder.fit_seconds_.items()),
-        f"- ldae {__version__}, Python {platform.python_version()}, numpy {np.__version__}",
-    ]
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "report.md"
-    temporary = path.with_name(".report.md.tmp")
-    temporary.write_text("\n".join(lines) + "\n")
-    temporary.replace(path)
-    return path
+    report.heading("Cohort")
+    report.text(
+        f"Synthetic longitudinal cohort ({'quick' if quick else 'full'} mode): {len(frame)} scans "
+        f"of {frame.subject.nunique()} subjects on a {'x'.join(map(str, DEMO_SHAPE))} grid, "
+        f"{frame.site.nunique()} sites. Built from the MNI template with known atrophy, so the "
+        "ground truth (diagnosis, age, ventricle volume) is exact. It is not ADNI.")
+    by_diagnosis = frame.groupby("diagnosis", observed=True).agg(
+        scans=("subject", "size"), subjects=("subject", "nunique"), age_mean=("age", "mean"),
+        age_sd=("age", "std"), ventricles_ml=("ventricle_volume", "mean"))
+    report.table(by_diagnosis.reset_index())
+
+
+def _training_section(report, encoder):
+    report.heading("Training")
+    report.text("Loss per epoch of each stage (validation on held-out subjects).")
+    report.figure(plot_training_history(encoder.history_), "training",
+                  "Autoencoder, latent diffusion and PDAE representation stages")
+
+
+def _probe_section(report, probes, table, random_state):
+    report.heading("Linear probes")
+    report.text(
+        "AD vs CN logistic regression and age ridge regression on standardised features, "
+        "subject-grouped stratified 5-fold cross-validation (mean ± sd over folds). The encoder "
+        "was trained once, without labels, on every scan (a transductive representation).")
+    report.table(table.reset_index(names="features"))
+    report.text("Out-of-fold estimates with 95% subject-level bootstrap confidence intervals "
+                "(1,000 resamples of subjects).")
+    report.table(_bootstrap_table(probes, random_state))
+    try:
+        roc = probes.diagnosis.plot_roc(per_subject=True)
+    except Exception:  # a subject's diagnosis changed between CN and AD: curve over scans
+        roc = probes.diagnosis.plot_roc(per_subject=False)
+    report.figure(roc, "roc", "Out-of-fold ROC curves, AD vs CN, with DeLong 95% CIs")
+    pyplot.close(roc)
+
+
+def _bootstrap_table(probes, random_state):
+    rows = []
+    diagnosis, age = probes.diagnosis.predictions, probes.age.predictions
+    for model in probes.age.models:
+        row = {"features": model}
+        if model in probes.diagnosis.models:
+            part = diagnosis[diagnosis.model == model]
+            interval = bootstrap_ci(part.y_true, part.score, roc_auc_score, groups=part.subject,
+                                    random_state=random_state)
+            row["roc_auc"] = f"{interval.estimate:.3f} [{interval.low:.3f}, {interval.high:.3f}]"
+        part = age[age.model == model]
+        interval = bootstrap_ci(part.y_true, part.y_pred, mean_absolute_error, groups=part.subject,
+                                random_state=random_state)
+        row["age_mae"] = f"{interval.estimate:.2f} [{interval.low:.2f}, {interval.high:.2f}]"
+        rows.append(row)
+    return pd.DataFrame(rows).fillna("")
+
+
+def _comparison_section(report, comparisons):
+    report.heading("Model comparison")
+    report.text("LDAE against each baseline: corrected resampled t-test (Nadeau & Bengio) on the "
+                "per-fold scores, p-values Holm-corrected over the comparisons.")
+    report.table(comparisons[["metric", "model_a", "model_b", "mean_difference", "statistic",
+                              "pvalue", "pvalue_corrected"]])
+
+
+def _generative_section(report, encoder, cohort, embeddings, random_state):
+    frame, images, affine = cohort.frame, cohort.images, cohort.affine
+    report.heading("Generative tools")
+    baseline = np.flatnonzero((frame.months == 0).to_numpy())
+    scans = images[baseline[:2]]
+    reconstructions = encoder.reconstruct(scans, steps=DDIM_STEPS)
+    report.text(f"Reconstruction from (y, x_T) with {DDIM_STEPS} DDIM steps: SSIM to the input "
+                + ", ".join(f"{value:.3f}" for value in ssim(reconstructions, scans)) + ".")
+    report.figure(plot_reconstruction(scans, reconstructions, affine=affine), "reconstruction",
+                  "Original, reconstruction and difference (reconstruction − original)")
+
+    variations = encoder.generate(embeddings[baseline[:2]], n_variations=3,
+                                  random_state=random_state, steps=DDIM_STEPS)
+    report.figure(plot_variations(variations, originals=scans, affine=affine), "variations",
+                  "Stochastic variations: the same embedding decoded from different noise")
+
+    alphas, moved_scan = _manipulation(report, encoder, frame, images, embeddings)
+    report.figure(plot_manipulation(moved_scan[len(alphas) // 2], moved_scan, alphas,
+                                    affine=affine), "manipulation",
+                  "A CN scan moved along the AD-vs-CN probe direction (α in AD − CN gaps); "
+                  "differences to α = 0")
+
+    _interpolation(report, encoder, frame, images, affine)
+
+
+def _manipulation(report, encoder, frame, images, embeddings):
+    labelled = frame.diagnosis.isin(["CN", "AD"]).to_numpy()
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    is_ad = (frame.diagnosis[labelled] == "AD").to_numpy()
+    probe.fit(embeddings[labelled], is_ad)
+    unit = embedding_direction(probe, encoder.config_.embedding_dim)
+    projected = embeddings[labelled] @ unit
+    gap = projected[is_ad].mean() - projected[~is_ad].mean()
+    alphas = [k * gap for k in MANIPULATION_GAPS]
+    control = np.flatnonzero(((frame.diagnosis == "CN") & (frame.months == 0)).to_numpy())[0]
+    moved = encoder.manipulate(images[control:control + 1], probe, alphas, steps=DDIM_STEPS)[:, 0]
+    decision = probe.decision_function(encoder.transform(moved))
+    report.text(
+        f"Manipulation of scan {frame.subject.iloc[control]} {frame.session.iloc[control]} (CN) "
+        f"along the probe direction at α = {', '.join(f'{k:+d}' for k in MANIPULATION_GAPS)} "
+        f"AD − CN gaps (gap {gap:.4g} in embedding units). Probe decision on the re-embedded "
+        f"outputs: {', '.join(f'{value:.2f}' for value in decision)}.")
+    return alphas, moved
+
+
+def _interpolation(report, encoder, frame, images, affine):
+    visits = frame.groupby("subject").months.transform("count")
+    subject = frame.subject[visits >= 3].iloc[0]
+    rows = np.flatnonzero((frame.subject == subject).to_numpy())
+    first, middle, last = rows[0], rows[len(rows) // 2], rows[-1]
+    months = frame.months.to_numpy()
+    middle_t = float((months[middle] - months[first]) / (months[last] - months[first]))
+    positions = [0.0, 0.25, 0.5, 0.75, 1.0]
+    interpolated = encoder.interpolate(images[first:first + 1], images[last:last + 1], positions,
+                                       steps=DDIM_STEPS)[:, 0]
+    predicted = encoder.interpolate(images[first:first + 1], images[last:last + 1], middle_t,
+                                    steps=DDIM_STEPS)
+    report.text(
+        f"Interpolation between the visits at months {months[first]:g} and {months[last]:g} of "
+        f"{subject}; the visit at month {months[middle]:g} (t = {middle_t:.2f}) is predicted with "
+        f"SSIM {ssim(predicted, images[middle:middle + 1])[0]:.3f} to the real scan.")
+    report.figure(plot_interpolation(interpolated, positions, real_middle=images[middle],
+                                     middle_t=middle_t, affine=affine), "interpolation",
+                  "Interpolated visits next to the real middle visit")
+
+
+def _analysis_section(report, encoder, cohort, embeddings, random_state):
+    frame, images = cohort.frame, cohort.images
+    report.heading("Cohort analysis")
+    mapped = cohort_map(embeddings, frame)
+    report.figure(plot_cohort_map(mapped, color="diagnosis"), "cohort_map", "PCA map of the embeddings, visits of a subject joined")
+
+    ids = (frame.subject + " " + frame.session).to_numpy()
+    index = SimilarScans(n_neighbors=5).fit(embeddings, subjects=frame.subject, index=ids)
+    query = np.flatnonzero(frame.subject.duplicated(keep=False).to_numpy())[0]
+    found = index.query()
+    example = found[found["query"] == ids[query]].reset_index(drop=True)
+    report.text(f"The 5 scans most similar to {ids[query]} (cosine distance on standardised "
+                f"embeddings, the query left out). Recall of a subject's own other visits "
+                f"among the 5 nearest: {recall_at_k(embeddings, frame.subject, k=5):.2f}.")
+    report.table(example)
+
+    kinds = ["artefact", "upside-down", "inverted contrast", "noise"]
+    corrupted = simulate_corruptions(images[:len(kinds)], kinds, random_state=random_state)
+    mixed = np.concatenate([embeddings, encoder.transform(corrupted)])
+    errors = reconstruction_error(encoder, np.concatenate([images, corrupted]))
+    truth = pd.DataFrame({"scan": list(ids) + [f"corrupted: {kind}" for kind in kinds]})
+    qc = QualityControl(random_state=random_state).fit(mixed, reconstruction_error=errors)
+    scores = qc.score_table(mixed, errors, frame=truth)
+    report.text(f"Quality control on the cohort with {len(kinds)} deliberately corrupted copies "
+                f"mixed in (robust Mahalanobis distance of the embedding and autoencoder "
+                f"reconstruction error, as z-scores; flagged above {qc.threshold}): "
+                f"{int(scores.flagged.sum())} scans flagged. The 10 highest scores:")
+    report.table(scores.head(10))
+
+    sites = site_prediction_score(embeddings, frame.site, frame.subject, random_state=random_state)
+    report.text("Acquisition site predicted from the embedding (balanced accuracy, subject-grouped "
+                "5-fold CV), before and after regressing site out within training folds:")
+    report.table(sites.table())
+
+
+def _run_section(report, encoder, timings, quick):
+    report.heading("Run")
+    config = encoder.config_
+    settings = pd.DataFrame({"setting": ["mode", "preset", "image shape", "embedding size",
+                                         "epochs (AE, diffusion, representation)", "DDIM steps",
+                                         "device", "random_state"],
+                             "value": ["quick" if quick else "full", encoder.preset,
+                                       "x".join(map(str, config.image_shape)),
+                                       config.embedding_dim,
+                                       f"{config.ae_epochs}, {config.diffusion_epochs}, "
+                                       f"{config.representation_epochs}",
+                                       DDIM_STEPS, encoder.device, encoder.random_state]})
+    report.table(settings.astype(str))
+    report.text("Seconds: " + ", ".join(f"{step} {value:.1f}" for step, value in timings.items())
+                + "; per training stage: " + ", ".join(
+                    f"{stage} {value:.1f}" for stage, value in encoder.fit_seconds_.items()) + ".")
+    report.text(f"Versions: ldae {__version__}, Python {platform.python_version()}, "
+                f"torch {torch.__version__}, scikit-learn {sklearn.__version__}, "
+                f"numpy {np.__version__}, pandas {pd.__version__}.")

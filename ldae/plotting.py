@@ -1,4 +1,5 @@
-"""Figures of the generative tools: reconstructions, variations, manipulations, interpolations.
+"""Figures of the generative tools (reconstructions, variations, manipulations,
+interpolations) and of training.
 
 Volumes are reoriented to RAS (nibabel's closest canonical orientation) and shown
 in the neurological convention (the subject's left on the left), with the voxel
@@ -21,7 +22,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from nibabel.spatialimages import SpatialImage
 
-from .datasets._bids import _write_atomically
+from ._files import write_atomically
 from .exceptions import InputError
 
 PANEL_INCHES = 1.8
@@ -230,6 +231,39 @@ def plot_interpolation(interpolated, t, *, real_middle=None, middle_t=None, affi
 # ---------------------------------------------------------------- helpers
 
 
+def plot_training_history(history, *, output_file=None, title=None):
+    """Loss per epoch of each training stage, with the validation loss when there is one.
+
+    Parameters
+    ----------
+    history : dict
+        Stage name -> {"loss": [...], "val_loss": [...]}, e.g.
+        :attr:`ldae.LDAEEncoder.history_`.
+    output_file : str or Path, optional
+        PNG to write.
+    title : str, optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    if not isinstance(history, dict) or not history:
+        raise InputError("history must be a non-empty dict of stage -> {'loss': [...]}, "
+                         "such as LDAEEncoder.history_")
+    figure = Figure(figsize=(3.6 * len(history), 3.0), layout="constrained")
+    for ax, (stage, curves) in zip(figure.subplots(1, len(history), squeeze=False)[0],
+                                   history.items()):
+        for key, label in (("loss", "training"), ("val_loss", "validation")):
+            values = list(curves.get(key) or [])
+            if values:
+                ax.plot(np.arange(1, len(values) + 1), values, marker=".", label=label)
+        ax.set_title(stage)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss")
+        ax.legend()
+    return _finish(figure, title, output_file)
+
+
 def _volumes(volumes, affine, name, single=False):
     """Volumes as a list of RAS-oriented float32 Nifti1Images."""
     grid = np.eye(4) if affine is None else np.asarray(affine, dtype=float)
@@ -324,5 +358,5 @@ def _finish(figure, title, output_file):
     if output_file is not None:
         path = Path(output_file)
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomically(path, lambda temporary: figure.savefig(temporary, format="png", dpi=100))
+        write_atomically(path, lambda temporary: figure.savefig(temporary, format="png", dpi=100))
     return figure

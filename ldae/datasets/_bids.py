@@ -5,13 +5,11 @@ an interrupted run never leaves a truncated file behind.
 """
 
 import json
-import os
-import tempfile
-from pathlib import Path
 
 import nibabel as nib
 from joblib import Parallel, delayed
 
+from .._files import write_atomically
 PARTICIPANT_COLUMNS = ("participant_id", "sex", "age", "baseline_diagnosis", "site", "converter")
 SESSION_COLUMNS = ("months", "age", "diagnosis", "severity", "ventricle_volume",
                    "hippocampus_volume", "grey_matter_volume", "intracranial_volume")
@@ -67,7 +65,7 @@ def write_cohort(output_dir, images, frame, affine, n_jobs=None):
     manifest = frame.copy()
     manifest.insert(2, "path", relative)
     _write_tsv(output_dir / "manifest.tsv", manifest)
-    _write_atomically(
+    write_atomically(
         output_dir / "dataset_description.json",
         lambda path: path.write_text(json.dumps(
             {"Name": "ldae synthetic cohort", "BIDSVersion": "1.9.0", "DatasetType": "raw",
@@ -88,24 +86,12 @@ def _write_image(path, image, affine):
     nifti.header.set_xyzt_units("mm")
     nifti.set_sform(affine, code="mni")
     nifti.set_qform(affine, code="mni")
-    _write_atomically(path, lambda temporary: nib.save(nifti, temporary))
+    write_atomically(path, lambda temporary: nib.save(nifti, temporary))
 
 
 def _write_tsv(path, table):
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomically(path, lambda temporary: table.to_csv(temporary, sep="\t", index=False,
+    write_atomically(path, lambda temporary: table.to_csv(temporary, sep="\t", index=False,
                                                             na_rep="n/a"))
 
 
-def _write_atomically(path, write):
-    """Call ``write(temporary_path)`` then rename the result to ``path``."""
-    # The temporary name keeps the suffixes: nibabel picks gzip from ".nii.gz".
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-",
-                                             suffix="".join(path.suffixes))
-    os.close(descriptor)
-    try:
-        write(Path(temporary))
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

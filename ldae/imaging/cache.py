@@ -11,12 +11,12 @@ crash or an error never leaves a half-written entry behind.
 
 import hashlib
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from .._files import write_atomically
 from ..exceptions import InputError
 
 
@@ -78,23 +78,15 @@ class VolumeCache:
             Its preprocessed volume.
         """
         entry = self._entry(path, stamp)
-        temporary = None
         try:
-            entry.parent.mkdir(exist_ok=True)
-            handle, temporary = tempfile.mkstemp(dir=entry.parent, prefix=".", suffix=".tmp")
-            with os.fdopen(handle, "wb") as file:
-                np.save(file, volume)
-            os.replace(temporary, entry)
+            write_atomically(entry, lambda temporary: _save_array(temporary, volume))
         except OSError as exc:
             # The cache only saves time: a full disk must not stop the work.
             warnings.warn(
                 f"could not cache the volume of {path} in {self.folder}: {exc}", stacklevel=3
             )
             return
-        finally:
-            if temporary is not None:
-                Path(temporary).unlink(missing_ok=True)
-        for stale in entry.parent.glob("*.npy"):
+        for stale in entry.parent.glob("[!.]*.npy"):  # not another writer's temporary file
             if stale != entry:
                 stale.unlink(missing_ok=True)
 
@@ -120,3 +112,8 @@ class VolumeCache:
     def _entry(self, path, stamp):
         scan = hashlib.sha256(f"{path}\n{self.settings_key}".encode()).hexdigest()[:32]
         return self.folder / scan / f"{stamp}.npy"
+
+
+def _save_array(path, array):
+    with open(path, "wb") as file:
+        np.save(file, array)

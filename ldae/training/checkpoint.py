@@ -11,12 +11,11 @@ were damaged without complaint; the digest, checked on every load, catches it.
 """
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from .._files import write_atomically
 from ..exceptions import CheckpointError
 from . import distributed
 
@@ -39,16 +38,7 @@ def save_checkpoint(payload, path):
     path.parent.mkdir(parents=True, exist_ok=True)
     container = {"format": _CONTAINER, "version": _CONTAINER_VERSION,
                  "sha256": payload_digest(payload), "payload": payload}
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(container, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_atomically(path, lambda temporary: torch.save(container, temporary))
 
 
 def load_checkpoint(path):

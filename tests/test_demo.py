@@ -1,0 +1,95 @@
+"""The demo study end to end, and the report it writes (HTML with embedded figures + Markdown)."""
+
+import base64
+import io
+from html.parser import HTMLParser
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+from matplotlib.image import imread
+
+from ldae import LDAEEncoder
+from ldae.demo import run_demo
+from ldae.exceptions import InputError
+from ldae.report import Report
+
+SECTIONS = ["Cohort", "Training", "Linear probes", "Model comparison", "Generative tools",
+            "Cohort analysis", "Run"]
+FIGURES = ["training", "roc", "reconstruction", "variations", "manipulation", "interpolation",
+           "cohort_map"]
+
+
+class _Page(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.images, self.headings, self._in_heading = [], [], False
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.images.append(dict(attrs))
+        self._in_heading = tag == "h2"
+
+    def handle_data(self, data):
+        if self._in_heading:
+            self.headings.append(data)
+            self._in_heading = False
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("demo")
+    tiny = LDAEEncoder(preset="tiny", ae_epochs=1, diffusion_epochs=1, representation_epochs=1,
+                       random_state=0)
+    return run_demo(folder, n_subjects=20, encoder=tiny, verbose=0)
+
+
+def test_html_report_embeds_every_figure_as_a_non_empty_png(demo):
+    page = _Page()
+    page.feed(demo["report"].read_text(encoding="utf-8"))
+    assert page.headings == SECTIONS
+    assert len(page.images) == len(FIGURES)
+    for image in page.images:
+        prefix = "data:image/png;base64,"
+        assert image["src"].startswith(prefix), image["src"][:40]
+        png = base64.b64decode(image["src"][len(prefix):], validate=True)
+        pixels = imread(io.BytesIO(png), format="png")
+        assert pixels.shape[0] > 100 and pixels.shape[1] > 100
+        assert pixels[..., :3].std() > 0.01, f"figure {image['alt']!r} is blank"
+
+
+def test_markdown_twin_links_the_figures_written_beside_it(demo):
+    markdown = demo["markdown"].read_text()
+    for name in FIGURES:
+        assert f"](figures/{name}.png)" in markdown
+        assert (demo["markdown"].parent / "figures" / f"{name}.png").stat().st_size > 1000
+    for section in SECTIONS:
+        assert f"\n## {section}\n" in markdown
+    assert "LDAE" in markdown and "harmonised embedding" in markdown and "corrupted: noise" in markdown
+
+
+def test_demo_quality_control_puts_the_corrupted_copies_first(demo):
+    markdown = demo["markdown"].read_text()
+    table = markdown.split("The 10 highest scores:")[1].split("\n\n")[1].splitlines()[2:]
+    assert [row.split("|")[1].strip().startswith("corrupted") for row in table[:4]] == [True] * 4
+
+
+def test_report_rejects_bad_figure_names_and_non_tables(tmp_path):
+    report = Report("t")
+    figure = Figure()
+    figure.subplots().plot([0, 1])
+    report.figure(figure, "ok")
+    with pytest.raises(InputError, match="already has a figure"):
+        report.figure(figure, "ok")
+    with pytest.raises(InputError, match="letters, digits"):
+        report.figure(figure, "../escape")
+    with pytest.raises(InputError, match="DataFrame"):
+        report.table(np.zeros((2, 2)))
+    report.table(pd.DataFrame({"a": [1.23456]}))
+    report.text("uses `code` & <tags>")
+    html_path, _ = report.write(tmp_path)
+    page = html_path.read_text()
+    assert "<code>code</code> &amp; &lt;tags&gt;" in page and "1.23" in page
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["figures", "ok.png", "report.html",
+                                                         "report.md"]
