@@ -12,6 +12,11 @@ not grow with N.
     python benchmarks/bench_transform_scaling.py --quick   # 20 / 100 / 300 files
     python benchmarks/bench_transform_scaling.py           # 100 / 1,000 / 5,000 files
 
+Then the command line over the same files, each run its own process whose peak RSS
+the kernel reports (``os.wait4``): ``ldae embed`` on the smallest and the largest
+number of files, and ``ldae fit`` (1 epoch per stage) on few and on many scans
+(quick: 20 / 100, full: 100 / 1,000), since training streams scans from disk too.
+
 Writes docs/benchmarks/transform_scaling[_quick].json and .md.
 """
 
@@ -33,8 +38,8 @@ from _memory import PeakRSS
 
 OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
 SHAPE = (32, 40, 32)
-QUICK = dict(counts=[20, 100, 300])
-FULL = dict(counts=[100, 1000, 5000])
+QUICK = dict(counts=[20, 100, 300], fit_counts=[20, 100])
+FULL = dict(counts=[100, 1000, 5000], fit_counts=[100, 1000])
 
 
 def worker(spec):
@@ -61,6 +66,48 @@ def _in_subprocess(spec):
     if done.returncode != 0:
         raise RuntimeError(f"worker {spec} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _run_command(arguments):
+    """Run ``python -m ldae <arguments>``; its wall seconds and the kernel's peak RSS in MB."""
+    start = time.perf_counter()
+    process = subprocess.Popen([sys.executable, "-m", "ldae", *arguments],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"ldae {' '.join(arguments)} failed:\n{process.stderr.read().decode()[-3000:]}")
+    return {"seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024}
+
+
+def _manifest(folder, paths, count):
+    path = Path(folder) / f"manifest_{count}.csv"
+    path.write_text("subject,session,path\n" + "".join(
+        f"sub-{i:05d},ses-M00,{scan}\n" for i, scan in enumerate(paths[:count])))
+    return str(path)
+
+
+def _command_line(scratch, paths, model, counts, fit_counts):
+    model_folder = Path(scratch) / "cli-model"
+    model_folder.mkdir()
+    joblib.load(model).save(model_folder / "model.pt")
+    rows = {"embed": [], "fit": []}
+    for count in (counts[0], counts[-1]):
+        run = _run_command(["embed", "--model", str(model_folder), "--quiet",
+                            "--manifest", _manifest(scratch, paths, count),
+                            "--out", str(Path(scratch) / f"embeddings_{count}.csv")])
+        rows["embed"].append({"count": count, "scans_per_s": count / run["seconds"], **run})
+        print(f"ldae embed {count} files: {count / run['seconds']:.1f} scans/s (whole command), "
+              f"peak RSS {run['peak_rss_mb']:.0f} MB")
+    for count in fit_counts:
+        run = _run_command(["fit", "--preset", "small", "--image-shape", *map(str, SHAPE),
+                            "--ae-epochs", "1", "--diffusion-epochs", "1",
+                            "--representation-epochs", "1", "--quiet",
+                            "--manifest", _manifest(scratch, paths, count),
+                            "--out", str(Path(scratch) / f"fit_{count}")])
+        rows["fit"].append({"count": count, **run})
+        print(f"ldae fit {count} scans: {run['seconds']:.0f} s, peak RSS {run['peak_rss_mb']:.0f} MB")
+    return rows
 
 
 def _write_files(folder, count):
@@ -118,7 +165,17 @@ def _markdown(result):
         "process's size before the call (model loaded, warmed up).", "",
         markdown_table(pd.DataFrame(rows)), "",
         f"Peak-RSS growth from {result['rows'][0]['count']} to {result['rows'][-1]['count']} files: "
-        f"{result['memory_growth_mb']:+.0f} MB; memory flat: {result['memory_flat']}.",
+        f"{result['memory_growth_mb']:+.0f} MB; memory flat: {result['memory_flat']}.", "",
+        "The command line, one process per run (peak RSS of the whole process, as the kernel "
+        "reports it; seconds include starting Python and loading the model):", "",
+        markdown_table(pd.DataFrame(
+            [{"command": "ldae embed", "scans": row["count"], "seconds": f"{row['seconds']:.1f}",
+              "scans/s": f"{row['scans_per_s']:.1f}", "peak RSS MB": f"{row['peak_rss_mb']:.0f}"}
+             for row in result["command_line"]["embed"]]
+            + [{"command": "ldae fit (1 epoch per stage)", "scans": row["count"],
+                "seconds": f"{row['seconds']:.1f}", "scans/s": "",
+                "peak RSS MB": f"{row['peak_rss_mb']:.0f}"}
+               for row in result["command_line"]["fit"]])),
     ])
 
 
@@ -154,6 +211,8 @@ def main(argv=None):
                   f"nibabel {row['nibabel']['scans_per_s']:.1f} scans/s, transform peak RSS "
                   f"{row['transform']['peak_rss_mb']:.0f} MB")
             result["rows"].append(row)
+        settings = QUICK if args.quick else FULL
+        result["command_line"] = _command_line(scratch, paths, model, counts, settings["fit_counts"])
     growth = [row["transform"]["peak_rss_mb"] - row["transform"]["rss_before_mb"]
               for row in result["rows"]]
     result["memory_growth_mb"] = growth[-1] - growth[0]

@@ -23,7 +23,8 @@ from .imaging import Preprocessing, as_volume_dataset
 from .imaging.inputs import SKIPPED_COLUMNS
 from .presets import ModelConfig, resolve_config
 from .representation.gradient_estimator import GradientEstimator
-from .representation.semantic_encoder import LatentSemanticEncoder, SliceSemanticEncoder
+from .representation.semantic_encoder import (LatentSemanticEncoder, SliceSemanticEncoder,
+                                              calibrate_code_statistics)
 from .training import distributed
 from .training.checkpoint import StageCheckpoints, load_checkpoint, save_checkpoint
 from .training.device import autocast, resolve_device, resolve_precision
@@ -290,6 +291,8 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
             loaders.pairs(z0, dataset, val_index, image_input),
             checkpoints, device, seed,
         )
+        calibrate_code_statistics(semantic_encoder, _encoder_inputs(
+            z0, dataset, train_index, image_input, config.batch_size, device))
         self.autoencoder_ = _frozen(autoencoder)
         self.unet_ = _frozen(unet)
         self.semantic_encoder_ = _frozen(semantic_encoder)
@@ -628,6 +631,17 @@ class _LatentVolumePairs(torch.utils.data.Dataset):
     def __getitem__(self, position):
         item = int(self.index[position])
         return self.latents[item], torch.as_tensor(self.dataset[item])
+
+
+def _encoder_inputs(latents, dataset, index, image_input, batch_size, device):
+    """Batches of what the semantic encoder reads for the scans at ``index``, in order."""
+    for first in range(0, len(index), batch_size):
+        chunk = index[first:first + batch_size]
+        if image_input:
+            volumes = torch.stack([torch.as_tensor(dataset[int(item)]) for item in chunk])
+            yield as_volume_batch(volumes, device)
+        else:
+            yield latents[torch.as_tensor(chunk)].to(device)
 
 
 def _build_autoencoder(config):

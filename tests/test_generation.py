@@ -34,21 +34,18 @@ def reconstructions(encoder, baselines):
     return encoder.reconstruct(baselines[:4], steps=STEPS)
 
 
-def test_encoded_codes_beat_random_codes_which_beat_shuffled_embeddings(encoder, baselines,
-                                                                        reconstructions):
-    scans = baselines[:4]
-    embeddings = encoder.transform(scans)
-    from_noise = encoder.generate(embeddings, random_state=0, steps=STEPS)[:, 0]
-    # same noise, each scan decoded with another subject's embedding
-    shuffled = encoder.generate(np.roll(embeddings, 2, axis=0), random_state=0, steps=STEPS)[:, 0]
+def test_encoded_codes_beat_random_codes(encoder, baselines, reconstructions):
+    """Decoding y from its encoded x_T is closer to the scan than from random x_T.
 
-    encoded = ssim(reconstructions, scans).mean()
-    random_codes = ssim(from_noise, scans).mean()
-    wrong_embedding = ssim(shuffled, scans).mean()
-    print(f"SSIM to the input: encoded x_T {encoded:.5f}, random x_T {random_codes:.5f}, "
-          f"random x_T with shuffled y {wrong_embedding:.5f}")
-    assert encoded > random_codes
-    assert random_codes > wrong_embedding
+    That random x_T with the scan's own y beats random x_T with another scan's y
+    needs a trained model (subjects differ subtly): benchmarks/bench_reconstruction.py
+    reports it.
+    """
+    scans = baselines[:4]
+    from_noise = encoder.generate(encoder.transform(scans), random_state=0, steps=STEPS)[:, 0]
+    encoded, random_codes = ssim(reconstructions, scans).mean(), ssim(from_noise, scans).mean()
+    print(f"SSIM to the input: encoded x_T {encoded:.5f}, random x_T {random_codes:.5f}")
+    assert encoded > random_codes + 0.05
 
 
 def test_stochastic_code_and_embedding_decode_to_the_reconstruction(encoder, baselines,

@@ -2,13 +2,16 @@
 
 from .gradient_estimator import GradientEstimator, UNetFeatures, shifted_eps, unet_features, unet_head
 from .pdae import pdae_loss
-from .semantic_encoder import LatentSemanticEncoder, SliceSemanticEncoder
+from .semantic_encoder import (CodeStandardization, LatentSemanticEncoder, SliceSemanticEncoder,
+                               calibrate_code_statistics)
 
 __all__ = [
+    "CodeStandardization",
     "GradientEstimator",
     "LatentSemanticEncoder",
     "SliceSemanticEncoder",
     "UNetFeatures",
+    "calibrate_code_statistics",
     "pdae_loss",
     "shifted_eps",
     "unet_features",

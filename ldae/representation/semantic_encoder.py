@@ -1,6 +1,7 @@
 """Semantic encoders Enc_φ that map a scan to its semantic code y_sem."""
 
 import torch
+import torch.nn.functional as F
 from monai.networks.nets.diffusion_model_unet import get_timestep_embedding
 from torch import nn
 
@@ -43,7 +44,8 @@ class SliceSemanticEncoder(nn.Module):
     RAS volume) turns each slice into a feature map, soft-attention pooling reduces
     it to one token, a sinusoidal encoding of the slice index is added, one learned
     query reads all slice tokens with multi-head attention, and a linear projection
-    followed by LayerNorm gives the code. All slices of a batch go through the CNN
+    followed by LayerNorm gives the code, standardised over the training scans
+    (:class:`CodeStandardization`). All slices of a batch go through the CNN
     at once, so memory grows with batch size × number of slices.
 
     Parameters
@@ -83,6 +85,7 @@ class SliceSemanticEncoder(nn.Module):
         self.readout = nn.MultiheadAttention(self.embedding_dim, num_heads, batch_first=True)
         self.projection = nn.Linear(self.embedding_dim, self.embedding_dim)
         self.norm = nn.LayerNorm(self.embedding_dim)
+        self.standardize = CodeStandardization(self.embedding_dim)
 
     def forward(self, x):
         """Encode volumes.
@@ -108,7 +111,7 @@ class SliceSemanticEncoder(nn.Module):
         tokens = tokens + get_timestep_embedding(positions, self.embedding_dim).to(tokens.dtype)
         query = self.query.expand(batch, -1, -1).to(tokens.dtype)
         code, _ = self.readout(query, tokens, tokens, need_weights=False)
-        return self.norm(self.projection(code.squeeze(1)))
+        return self.standardize(self.norm(self.projection(code.squeeze(1))))
 
 
 class LatentSemanticEncoder(nn.Module):
@@ -117,7 +120,7 @@ class LatentSemanticEncoder(nn.Module):
     Two conv blocks (GroupNorm, SiLU) per level, each level after the first halving
     the latent size, average pooling to a 2x2x2 grid (kept, not averaged away: where
     a difference lies, e.g. central ventricles or medial temporal lobes, is what
-    distinguishes brains), a linear projection and LayerNorm.
+    distinguishes brains), a linear projection, LayerNorm and :class:`CodeStandardization`.
 
     Parameters
     ----------
@@ -150,6 +153,7 @@ class LatentSemanticEncoder(nn.Module):
         self.pool = nn.AdaptiveAvgPool3d(2)
         self.projection = nn.Linear(channels[-1] * 8, self.embedding_dim)
         self.norm = nn.LayerNorm(self.embedding_dim)
+        self.standardize = CodeStandardization(self.embedding_dim)
 
     def forward(self, z):
         """Encode latents.
@@ -166,4 +170,66 @@ class LatentSemanticEncoder(nn.Module):
         """
         _check_input(z, self.latent_channels, "latents")
         pooled = self.pool(self.features(z)).flatten(1)
-        return self.norm(self.projection(pooled))
+        return self.standardize(self.norm(self.projection(pooled)))
+
+
+class CodeStandardization(nn.BatchNorm1d):
+    """Standardise every code dimension over the training scans (BatchNorm, no affine).
+
+    Under the PDAE objective the codes of different scans drift apart only slowly:
+    their spread across scans stays ~1 % of their common value, and the gradient
+    estimator, reading y through a linear projection, then barely depends on y (it
+    decodes every scan alike, so manipulation and interpolation do nothing). Centring
+    and scaling each dimension across the batch gives y unit spread from the first
+    step; the gradient estimator then responds to the code (measured in
+    ``benchmarks/bench_manipulation.py``).
+
+    In training, a batch of one scan is standardised with the running statistics.
+    After training, :meth:`set_statistics` replaces the running statistics with the
+    exact ones of the final (EMA) encoder on the training scans.
+
+    Parameters
+    ----------
+    embedding_dim : int
+    """
+
+    def __init__(self, embedding_dim):
+        super().__init__(int(embedding_dim), affine=False)
+
+    def forward(self, codes):
+        """Standardised codes, shape (B, embedding_dim)."""
+        if self.training and codes.shape[0] == 1:
+            return F.batch_norm(codes, self.running_mean, self.running_var, training=False,
+                                eps=self.eps)
+        return super().forward(codes)
+
+    @torch.no_grad()
+    def set_statistics(self, codes):
+        """Use the mean and variance of ``codes`` (N, embedding_dim), before standardisation."""
+        codes = codes.float()
+        self.running_mean.copy_(codes.mean(dim=0))
+        self.running_var.copy_(codes.var(dim=0, unbiased=False) if len(codes) > 1
+                               else torch.ones_like(self.running_var))
+
+
+@torch.no_grad()
+def calibrate_code_statistics(semantic_encoder, inputs):
+    """Set the :class:`CodeStandardization` statistics of a trained encoder.
+
+    Parameters
+    ----------
+    semantic_encoder : SliceSemanticEncoder or LatentSemanticEncoder
+    inputs : iterable of torch.Tensor
+        Batches of what the encoder reads (volumes or latents), on its device:
+        the training scans.
+    """
+    standardize = semantic_encoder.standardize
+    semantic_encoder.eval()
+    captured = []
+    hook = standardize.register_forward_hook(lambda module, args, output: captured.append(args[0]))
+    try:
+        for batch in inputs:
+            semantic_encoder(batch)
+    finally:
+        hook.remove()
+    standardize.set_statistics(torch.cat(captured))
