@@ -91,7 +91,7 @@ def train_stage(stage, train_loader, val_loader=None, *, generator, checkpoints=
         _start_epoch(train_loader, epoch)
         # Every process checks the same (averaged) loss, so all stop together.
         losses = [_checked(distributed.mean(stage.step(batch, generator), generator.device),
-                           stage.name, epoch) for batch in train_loader]
+                           stage.name, epoch, step) for step, batch in enumerate(train_loader)]
         stage.history["loss"].append(float(sum(losses) / max(len(losses), 1)))
         if val_loader is not None:
             with torch.no_grad():
@@ -113,11 +113,14 @@ def _start_epoch(loader, epoch):
         sampler.set_epoch(epoch)
 
 
-def _checked(loss, stage_name, epoch):
+def _checked(loss, stage_name, epoch, step):
+    # Raised before any checkpoint of this epoch is written: the last one on disk
+    # holds good weights, and a rerun resumes from it.
     if not math.isfinite(loss):
         raise TrainingDivergedError(
-            f"the {stage_name} loss became {loss} in epoch {epoch + 1}; lower its learning "
-            f"rate or use precision='fp32'"
+            f"the {stage_name} loss became {loss} at step {step + 1} of epoch {epoch + 1}; "
+            "nothing of this epoch was saved (a rerun resumes from the last checkpoint). "
+            "Check the input scans, lower the learning rate or use precision='fp32'"
         )
     return loss
 

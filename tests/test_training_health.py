@@ -1,0 +1,63 @@
+"""A NaN loss during training stops the fit, names where it happened, and saves nothing bad."""
+
+import numpy as np
+import pytest
+import torch
+
+from ldae import LDAEEncoder
+from ldae.datasets import make_synthetic_cohort
+from ldae.training import stages
+from ldae.training.checkpoint import load_checkpoint
+from ldae.training.loop import TrainingDivergedError
+
+EPOCHS = dict(preset="tiny", ae_epochs=1, diffusion_epochs=2, representation_epochs=1,
+              random_state=0)
+
+
+def nan_on_call(function, call):
+    calls = {"count": 0}
+
+    def wrapped(*args, **kwargs):
+        calls["count"] += 1
+        loss = function(*args, **kwargs)
+        return loss * float("nan") if calls["count"] == call else loss
+
+    return wrapped
+
+
+def test_a_nan_loss_stops_the_fit_and_a_rerun_resumes_from_the_last_good_stage(tmp_path,
+                                                                              monkeypatch):
+    images = make_synthetic_cohort(2, shape=(32, 40, 32), random_state=0).images
+    folder = tmp_path / "checkpoints"
+    # the 3rd diffusion loss: in the diffusion stage's second epoch, or its validation
+    monkeypatch.setattr(stages, "diffusion_loss", nan_on_call(stages.diffusion_loss, 3))
+    with pytest.raises(TrainingDivergedError, match=r"diffusion loss became nan at step \d+ of "
+                                                    r"epoch \d+; nothing of this epoch was saved"):
+        LDAEEncoder(checkpoint_dir=folder, **EPOCHS).fit(images)
+    finished = folder / "autoencoder.pt"
+    written = finished.stat().st_mtime_ns
+    assert not any(folder.rglob("diffusion*.pt")), "a diverged stage must not be checkpointed"
+    saved = [load_checkpoint(path) for path in folder.rglob("*.pt")]
+    for payload in saved:
+        tensors = [value for value in _tensors(payload)]
+        assert tensors and all(torch.isfinite(value).all() for value in tensors)
+
+    monkeypatch.undo()
+    resumed = LDAEEncoder(checkpoint_dir=folder, **EPOCHS).fit(images)
+    fresh = LDAEEncoder(**EPOCHS).fit(images)
+    # the finished autoencoder stage was loaded, not trained (and written) again
+    assert finished.stat().st_mtime_ns == written
+    assert resumed.history_ == fresh.history_
+    np.testing.assert_allclose(resumed.transform(images), fresh.transform(images), atol=1e-5)
+
+
+def _tensors(payload):
+    if isinstance(payload, torch.Tensor):
+        if payload.is_floating_point():
+            yield payload
+    elif isinstance(payload, dict):
+        for value in payload.values():
+            yield from _tensors(value)
+    elif isinstance(payload, (list, tuple)):
+        for value in payload:
+            yield from _tensors(value)
