@@ -38,7 +38,12 @@ def save_checkpoint(payload, path):
     path.parent.mkdir(parents=True, exist_ok=True)
     container = {"format": _CONTAINER, "version": _CONTAINER_VERSION,
                  "sha256": payload_digest(payload), "payload": payload}
-    write_atomically(path, lambda temporary: torch.save(container, temporary))
+    write_atomically(path, lambda temporary: _save_container(container, temporary))
+
+
+def _save_container(container, path):
+    with open(path, "wb") as stream:
+        torch.save(container, stream)
 
 
 def load_checkpoint(path):
