@@ -63,7 +63,8 @@ def test_embed_writes_one_row_per_scan_equal_to_transform(cohort, model_dir, tmp
     assert list(table.columns) == ["subject", "session", "months", "path", "error", *features]
     assert table["error"].isna().all()
     expected = model.transform(list(table["path"]))
-    np.testing.assert_allclose(table[features].to_numpy(), expected, rtol=1e-6, atol=1e-6)
+    # chunks of 4 against one batch: float32 convolutions differ in the last bits
+    np.testing.assert_allclose(table[features].to_numpy(), expected, rtol=1e-4, atol=1e-5)
     assert sorted(table["path"]) == sorted(manifest_paths(cohort))
     assert not (tmp_path / "embeddings.csv.partial").exists()
     assert json.loads((tmp_path / "embeddings.csv.json").read_text())["n_embedded_now"] == 6
