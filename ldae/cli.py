@@ -66,7 +66,7 @@ def _parser():
 
     demo = commands.add_parser(
         "demo", help="synthetic cohort -> fit -> embed -> probe -> compare -> report")
-    demo.add_argument("--quick", action="store_true", help="a smaller run, under two minutes")
+    demo.add_argument("--quick", action="store_true", help="a smaller run: fewer subjects and epochs")
     demo.add_argument("--output", default="ldae-demo", help="report folder (default: ldae-demo)")
     demo.add_argument("--subjects", type=int, default=None, help="number of synthetic subjects")
     demo.add_argument("--random-state", type=int, default=0)
