@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from _memory import PeakRSS
 
+from ldae._files import write_atomically
+
 from ldae.training.device import resolve_device, resolve_precision
 
 OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
@@ -187,12 +189,6 @@ def _markdown(result):
     return "\n".join(lines)
 
 
-def _write(path, text):
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="32x40x32, 10/20 steps")
@@ -237,11 +233,16 @@ def main(argv=None):
     name = "inference_quick" if args.quick else "inference"
     if custom:
         name = "inference_" + "_".join("x".join(map(str, shape)) for shape in settings["shapes"])
-    _write(OUTPUT / f"{name}.json", json.dumps(result, indent=2) + "\n")
+    write_text(OUTPUT / f"{name}.json", json.dumps(result, indent=2) + "\n")
     markdown = _markdown(result)
-    _write(OUTPUT / f"{name}.md", markdown + "\n")
+    write_text(OUTPUT / f"{name}.md", markdown + "\n")
     print(markdown)
     return 0
+
+
+
+def write_text(path, text):
+    write_atomically(path, lambda temporary: temporary.write_text(text))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from ldae._files import write_atomically
 from ldae.demo import run_demo
 from ldae.model_selection import markdown_table
 
@@ -66,7 +67,8 @@ def main(argv=None):
 
     OUTPUT.mkdir(parents=True, exist_ok=True)
     name = "probes_quick" if args.quick else "probes"
-    (OUTPUT / f"{name}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    write_atomically(OUTPUT / f"{name}.json", lambda temporary: temporary.write_text(
+        json.dumps(result, indent=2, default=str) + "\n"))
     markdown = [
         f"# Linear probes on the synthetic cohort ({result['subjects']} subjects, "
         f"{result['scans']} scans)", "",
@@ -81,7 +83,8 @@ def main(argv=None):
         f"ROC-AUC target 0.90 met: {result['target_auc_0.90_met']}; "
         f"beats both baselines on ROC-AUC: {result['beats_baselines_on_auc']}",
     ]
-    (OUTPUT / f"{name}.md").write_text("\n".join(markdown) + "\n")
+    write_atomically(OUTPUT / f"{name}.md",
+                     lambda temporary: temporary.write_text("\n".join(markdown) + "\n"))
     print("\n".join(markdown))
     return 0
 

@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from _memory import PeakRSS
 
+from ldae._files import write_atomically
+
 OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
 SHAPE = (32, 40, 32)
 QUICK = dict(counts=[20, 100, 300], fit_counts=[20, 100])
@@ -147,12 +149,6 @@ def _fit(images, folder):
     return path
 
 
-def _write(path, text):
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
-
-
 def _markdown(result):
     import pandas as pd
 
@@ -235,11 +231,16 @@ def main(argv=None):
     result["memory_flat"] = bool(result["memory_growth_mb"] < 0.1 * result["rows"][0]["transform"]["peak_rss_mb"])
     OUTPUT.mkdir(parents=True, exist_ok=True)
     name = "transform_scaling_quick" if args.quick else "transform_scaling"
-    _write(OUTPUT / f"{name}.json", json.dumps(result, indent=2) + "\n")
+    write_text(OUTPUT / f"{name}.json", json.dumps(result, indent=2) + "\n")
     markdown = _markdown(result)
-    _write(OUTPUT / f"{name}.md", markdown + "\n")
+    write_text(OUTPUT / f"{name}.md", markdown + "\n")
     print(markdown)
     return 0
+
+
+
+def write_text(path, text):
+    write_atomically(path, lambda temporary: temporary.write_text(text))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from . import __version__
 from .cohort_map import cohort_map, plot_cohort_map
 from .datasets import make_synthetic_cohort
 from .encoder import LDAEEncoder
+from .exceptions import InputError
 from .generation import embedding_direction
 from .metrics import ssim
 from .plotting import (plot_interpolation, plot_manipulation, plot_reconstruction,
@@ -161,7 +162,7 @@ def _probe_section(report, probes, table, random_state):
     report.table(_bootstrap_table(probes, random_state))
     try:
         roc = probes.diagnosis.plot_roc(per_subject=True)
-    except Exception:  # a subject's diagnosis changed between CN and AD: curve over scans
+    except InputError:  # a subject's diagnosis changed between CN and AD: curve over scans
         roc = probes.diagnosis.plot_roc(per_subject=False)
     report.figure(roc, "roc", "Out-of-fold ROC curves, AD vs CN, with DeLong 95% CIs")
     pyplot.close(roc)
