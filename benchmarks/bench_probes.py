@@ -17,13 +17,16 @@ import json
 import platform
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
 
 from ldae._files import write_atomically
+from ldae.baselines import SupervisedEncoder, VoxelDAEEncoder
 from ldae.demo import run_demo
 from ldae.model_selection import markdown_table
+from ldae.probes import probe_embeddings
 
 OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
 
@@ -33,12 +36,27 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--subjects", type=int, default=80)
     parser.add_argument("--random-state", type=int, default=0)
+    parser.add_argument("--baseline-epochs", type=int, default=None)
     args = parser.parse_args(argv)
+    baseline_epochs = args.baseline_epochs or (5 if args.quick else None)
 
     with tempfile.TemporaryDirectory() as scratch:
         run = run_demo(scratch, quick=args.quick, n_subjects=None if args.quick else args.subjects,
                        random_state=args.random_state, verbose=1)
-    probes, encoder, frame = run["probes"], run["encoder"], run["cohort"].frame
+    encoder, cohort = run["encoder"], run["cohort"]
+    frame, images = cohort.frame, cohort.images
+    voxel_dae = VoxelDAEEncoder(preset="small", epochs=baseline_epochs,
+                                random_state=args.random_state).fit(images)
+    supervised = SupervisedEncoder(preset="small", epochs=baseline_epochs,
+                                   random_state=args.random_state)
+    features = {"LDAE": encoder.transform(images),
+                "AE latent (mean-pooled)": encoder.encode_latent(images).mean(axis=(2, 3, 4)),
+                "voxel DAE": voxel_dae.transform(images)}
+    start = time.perf_counter()
+    probes = probe_embeddings(features, frame, voxels=images,
+                              fold_encoders={"supervised (per fold)": supervised},
+                              random_state=args.random_state)
+    probe_seconds = time.perf_counter() - start
     summary = {
         study_name: {
             model: {metric: {"mean": float(scores[metric].abs().mean()),
@@ -50,17 +68,23 @@ def main(argv=None):
     }
     comparisons = probes.comparisons("LDAE")
     result = {
-        "command": "python benchmarks/bench_probes.py" + (" --quick" if args.quick else ""),
+        "command": "python benchmarks/bench_probes.py" + (" --quick" if args.quick else "") + (
+            f" --baseline-epochs {args.baseline_epochs}" if args.baseline_epochs else ""),
         "subjects": int(frame.subject.nunique()),
         "scans": len(frame),
         "fit_seconds_per_stage": encoder.fit_seconds_,
+        "voxel_dae_fit_seconds": voxel_dae.fit_seconds_,
+        "baseline_epochs": voxel_dae.config_.epochs,
+        "probe_seconds_with_supervised_fits": probe_seconds,
         "probes": summary,
         "comparisons": comparisons.to_dict(orient="records"),
         "machine": {"python": platform.python_version(), "torch": torch.__version__,
                     "threads": torch.get_num_threads()},
     }
     auc = summary["ad_vs_cn"]["LDAE"]["roc_auc"]["mean"]
-    baselines = [model for model in summary["ad_vs_cn"] if model != "LDAE"]
+    # the supervised encoder sees the labels: an upper line, not a baseline to beat
+    baselines = [model for model in summary["ad_vs_cn"]
+                 if model not in ("LDAE", "supervised (per fold)")]
     result["target_auc_0.90_met"] = auc >= 0.90
     result["beats_baselines_on_auc"] = all(
         auc > summary["ad_vs_cn"][model]["roc_auc"]["mean"] for model in baselines)
@@ -74,14 +98,18 @@ def main(argv=None):
         f"{result['scans']} scans)", "",
         f"Command: `{result['command']}`", "",
         markdown_table(probes.table().reset_index(names="features")), "",
-        "LDAE against the baselines (corrected resampled t-test, Holm):", "",
+        "The supervised encoder is trained on the labels inside each training fold (the "
+        "upper line); every other feature set was learnt without labels. Baseline encoders: "
+        f"{result['baseline_epochs']} epochs.", "",
+        "LDAE against the others (corrected resampled t-test, Holm):", "",
         markdown_table(comparisons[["metric", "model_a", "model_b", "mean_difference", "pvalue",
                                "pvalue_corrected"]]), "",
         "Fit seconds per stage: " + ", ".join(
-            f"{stage} {seconds:.0f}" for stage, seconds in encoder.fit_seconds_.items()),
-        "",
+            f"{stage} {seconds:.0f}" for stage, seconds in encoder.fit_seconds_.items())
+        + f"; voxel DAE {sum(voxel_dae.fit_seconds_.values()):.0f}; probes with the per-fold "
+        f"supervised fits {probe_seconds:.0f}", "",
         f"ROC-AUC target 0.90 met: {result['target_auc_0.90_met']}; "
-        f"beats both baselines on ROC-AUC: {result['beats_baselines_on_auc']}",
+        f"beats every label-free baseline on ROC-AUC: {result['beats_baselines_on_auc']}",
     ]
     write_atomically(OUTPUT / f"{name}.md",
                      lambda temporary: temporary.write_text("\n".join(markdown) + "\n"))

@@ -28,6 +28,7 @@ from .representation.semantic_encoder import (LatentSemanticEncoder, SliceSemant
 from .training import distributed
 from .training.checkpoint import StageCheckpoints, load_checkpoint, save_checkpoint
 from .training.device import autocast, resolve_device, resolve_precision
+from .training.latents import latent_array, scale_in_place, standard_deviation
 from .training.loop import train_stage
 from .training.stages import (
     as_volume_batch,
@@ -267,10 +268,18 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
             loaders.volumes(dataset, train_index), loaders.volumes(dataset, val_index),
             checkpoints, device, seed,
         )
-        latents = encode_latents(autoencoder, loaders.in_order(dataset), device, dtype)
-        self.scale_factor_ = float(1.0 / latents[train_index].std())
-        z0 = latents * self.scale_factor_
+        with latent_array((len(dataset), *config.latent_shape), self.cache_dir) as z0:
+            encode_latents(autoencoder, loaders.in_order(dataset), device, dtype, out=z0)
+            self.scale_factor_ = 1.0 / standard_deviation(z0, train_index)
+            scale_in_place(z0, self.scale_factor_)
+            self._fit_latent_stages(z0, dataset, train_index, val_index, device, dtype, seed,
+                                    checkpoints, loaders, schedule)
+        self.autoencoder_ = _frozen(autoencoder)
 
+    def _fit_latent_stages(self, z0, dataset, train_index, val_index, device, dtype, seed,
+                           checkpoints, loaders, schedule):
+        """Stages 2 and 3 on the scaled latents ``z0`` of every scan."""
+        config = self.config_
         torch.manual_seed(seed + 1)
         unet = _build_unet(config).to(device)
         self._run_stage(
@@ -293,7 +302,6 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
         )
         calibrate_code_statistics(semantic_encoder, _encoder_inputs(
             z0, dataset, train_index, image_input, config.batch_size, device))
-        self.autoencoder_ = _frozen(autoencoder)
         self.unet_ = _frozen(unet)
         self.semantic_encoder_ = _frozen(semantic_encoder)
         self.estimator_ = _frozen(estimator)
@@ -609,7 +617,8 @@ class _LoaderFactory:
     def tensors(self, tensor, index):
         if index is None:
             return None
-        return self._loader(TensorDataset(tensor[torch.as_tensor(index)]), shuffle=True)
+        # A Subset reads rows on demand: no copy of a (possibly file-backed) tensor.
+        return self._loader(Subset(TensorDataset(tensor), index.tolist()), shuffle=True)
 
     def pairs(self, latents, dataset, index, image_input):
         if index is None:

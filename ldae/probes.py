@@ -11,13 +11,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from sklearn.base import clone
 from sklearn.compose import ColumnTransformer
 from sklearn.decomposition import PCA
 from sklearn.dummy import DummyRegressor
 from sklearn.linear_model import LogisticRegression, RidgeCV
 from sklearn.metrics import f1_score, make_scorer, precision_score, recall_score
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 from . import stats
 from .exceptions import InputError
@@ -79,8 +80,8 @@ class ProbeResults:
         return pd.concat(tables, ignore_index=True)
 
 
-def probe_embeddings(features, frame, *, voxels=None, n_splits=5, n_repeats=1, random_state=0,
-                     n_jobs=None):
+def probe_embeddings(features, frame, *, voxels=None, fold_encoders=None, n_splits=5, n_repeats=1,
+                     random_state=0, n_jobs=None):
     """Cross-validate linear probes on several feature sets of the same scans.
 
     Parameters
@@ -93,6 +94,11 @@ def probe_embeddings(features, frame, *, voxels=None, n_splits=5, n_repeats=1, r
     voxels : ndarray of shape (n_scans, ...), optional
         Raw volumes; adds a "PCA of voxels" baseline whose PCA is fitted inside each
         training fold.
+    fold_encoders : dict of str to estimator, optional
+        Volume encoders fitted inside each training fold on ``voxels``, then probed
+        like the other feature sets. A supervised one
+        (:class:`~ldae.baselines.SupervisedEncoder`) is trained on that fold's
+        labels: AD vs CN for the diagnosis probe, age for the age probe.
     n_splits, n_repeats : int, default=5, 1
         Subject-grouped stratified folds and their repetitions.
     random_state : int, default=0
@@ -108,7 +114,11 @@ def probe_embeddings(features, frame, *, voxels=None, n_splits=5, n_repeats=1, r
     blocks = dict(features)
     if voxels is not None:
         blocks["PCA of voxels"] = np.asarray(voxels, dtype=np.float32).reshape(len(frame), -1)
+    fold_encoders = dict(fold_encoders or {})
+    if fold_encoders and voxels is None:
+        raise InputError("fold_encoders need the voxels: pass voxels=<the scans' volumes>")
     X, columns = _stack(blocks)
+    volume_shape = None if voxels is None else np.shape(voxels)[1:]
     subjects = frame["subject"].to_numpy()
     cv = RepeatedStratifiedGroupKFold(n_splits=n_splits, n_repeats=n_repeats,
                                       random_state=random_state)
@@ -117,11 +127,17 @@ def probe_embeddings(features, frame, *, voxels=None, n_splits=5, n_repeats=1, r
     is_ad = (frame["diagnosis"][diseased] == "AD").to_numpy().astype(int)
     classifiers = {name: _probe(columns[name], LogisticRegression(max_iter=2000),
                                 pca=name == "PCA of voxels") for name in blocks}
+    classifiers.update({name: _encoder_probe(columns["PCA of voxels"], volume_shape, encoder,
+                                             LogisticRegression(max_iter=2000))
+                        for name, encoder in fold_encoders.items()})
     diagnosis = run_study(classifiers, X[diseased], is_ad, groups=subjects[diseased], cv=cv,
                           scoring=CLASSIFICATION_SCORING, n_jobs=n_jobs)
 
     regressors = {name: _probe(columns[name], RidgeCV(alphas=np.logspace(-3, 3, 13)),
                                pca=name == "PCA of voxels") for name in blocks}
+    regressors.update({name: _encoder_probe(columns["PCA of voxels"], volume_shape, encoder,
+                                            RidgeCV(alphas=np.logspace(-3, 3, 13)))
+                       for name, encoder in fold_encoders.items()})
     regressors[MEAN_AGE_BASELINE] = DummyRegressor(strategy="mean")
     age = run_study(regressors, X, frame["age"].to_numpy(dtype=float), groups=subjects, cv=cv,
                     scoring=REGRESSION_SCORING, n_jobs=n_jobs)
@@ -134,6 +150,20 @@ def _probe(columns, head, *, pca):
         steps.append(("pca", PCA(n_components=0.9, svd_solver="full")))
     steps += [("scale", StandardScaler()), ("probe", head)]
     return Pipeline(steps)
+
+
+def _encoder_probe(columns, volume_shape, encoder, head):
+    return Pipeline([
+        ("select", ColumnTransformer([("voxels", "passthrough", columns)])),
+        ("volumes", FunctionTransformer(_as_volumes, kw_args={"shape": volume_shape})),
+        ("encoder", clone(encoder)),
+        ("scale", StandardScaler()),
+        ("probe", head),
+    ])
+
+
+def _as_volumes(rows, shape):
+    return np.asarray(rows, dtype=np.float32).reshape(len(rows), *shape)
 
 
 def _stack(blocks):

@@ -18,7 +18,7 @@ from sklearn.utils.estimator_checks import estimator_checks_generator
 from ldae import LDAEEncoder
 from ldae.datasets import make_synthetic_cohort
 from ldae.exceptions import CheckpointError, InputError
-from ldae.training import stages
+from ldae.training import latents, stages
 
 FAST = dict(preset="tiny", ae_epochs=2, diffusion_epochs=2, representation_epochs=2)
 
@@ -136,6 +136,23 @@ def test_same_random_state_gives_identical_embeddings(cohort, fitted):
     np.testing.assert_array_equal(again.transform(cohort.images), fitted.transform(cohort.images))
     other = LDAEEncoder(**FAST, random_state=1).fit(cohort.images)
     assert not np.allclose(other.transform(cohort.images), fitted.transform(cohort.images))
+
+
+def test_large_cohort_latents_live_in_a_file_that_is_removed(cohort, fitted, tmp_path, monkeypatch):
+    files = []
+    memmap = np.memmap
+
+    def recording_memmap(backing, **kwargs):
+        files.append(backing.name)
+        return memmap(backing, **kwargs)
+
+    monkeypatch.setattr(latents, "IN_MEMORY_LIMIT_BYTES", 0)
+    monkeypatch.setattr(latents.np, "memmap", recording_memmap)
+    on_disk = LDAEEncoder(**FAST, random_state=0, cache_dir=tmp_path).fit(cohort.images)
+    assert len(files) == 1 and files[0].startswith(str(tmp_path))
+    assert not any(tmp_path.glob("ldae-latents-*"))
+    np.testing.assert_array_equal(on_disk.transform(cohort.images), fitted.transform(cohort.images))
+    assert on_disk.scale_factor_ == fitted.scale_factor_
 
 
 def test_fit_transform_equals_fit_then_transform(cohort, fitted):

@@ -3,6 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.base import BaseEstimator, TransformerMixin
 
 from ldae.exceptions import InputError
 from ldae.probes import MEAN_AGE_BASELINE, probe_embeddings
@@ -57,3 +58,45 @@ def test_misaligned_features_are_named(frame):
         probe_embeddings({"short": np.zeros((3, 2))}, frame)
     with pytest.raises(InputError, match="age"):
         probe_embeddings({"x": np.zeros((len(frame), 2))}, frame.drop(columns="age"))
+
+
+class _LabelReadingEncoder(TransformerMixin, BaseEstimator):
+    """Embeds a volume as the mean of the training targets of the scans whose
+    first voxel matches: only informative when fitted on the fold's own labels."""
+
+    fits = []
+
+    def fit(self, X, y):
+        type(self).fits.append((X.shape, np.unique(y).size))
+        self.lookup_ = dict(zip(X[:, 0, 0, 0].round(6), y))
+        self.default_ = float(np.mean(y))
+        return self
+
+    def transform(self, X):
+        return np.array([[self.lookup_.get(key, self.default_)] for key in X[:, 0, 0, 0].round(6)])
+
+
+def test_fold_encoders_are_fitted_per_training_fold_with_its_labels(frame):
+    rng = np.random.default_rng(3)
+    voxels = rng.normal(size=(len(frame), 4, 5, 4)).astype(np.float32)
+    # every scan of a subject shares its first voxel: the encoder can look labels up
+    subject_code = frame.subject.str[-3:].astype(int).to_numpy()
+    voxels[:, 0, 0, 0] = subject_code
+    _LabelReadingEncoder.fits.clear()
+    results = probe_embeddings({}, frame, voxels=voxels, n_splits=4,
+                               fold_encoders={"lookup": _LabelReadingEncoder()})
+
+    shapes, n_labels = zip(*_LabelReadingEncoder.fits)
+    assert len(shapes) == 8 and all(shape[1:] == (4, 5, 4) for shape in shapes)
+    assert n_labels[:4] == (2,) * 4  # AD vs CN labels for the diagnosis probe
+    assert min(n_labels[4:]) > 2  # ages for the age probe
+    n_diagnosed = (frame.diagnosis != "MCI").sum()
+    assert all(shape[0] < n_diagnosed for shape in shapes[:4])  # training folds only
+    # test subjects are unseen, so looked-up labels carry nothing about them
+    auc = results.diagnosis.scores.groupby("model")["roc_auc"].mean()
+    assert auc["lookup"] == pytest.approx(0.5)
+
+
+def test_fold_encoders_need_voxels(frame):
+    with pytest.raises(InputError, match="voxels"):
+        probe_embeddings({"x": np.zeros((len(frame), 2))}, frame, fold_encoders={"e": _LabelReadingEncoder()})

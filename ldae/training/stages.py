@@ -58,19 +58,22 @@ def autoencoder_stage(autoencoder, config, device, dtype):
 
 
 @torch.no_grad()
-def encode_latents(autoencoder, loader, device, dtype):
-    """Posterior means μ of every volume in ``loader``, in order, as float32 on the CPU.
+def encode_latents(autoencoder, loader, device, dtype, out):
+    """Write the posterior means μ of every volume in ``loader``, in order, into ``out``.
 
-    The mean (not a sample) is cached: it is the deterministic latent of a scan, so
-    the embedding of a scan does not depend on a random draw.
+    ``out`` is a float32 CPU tensor of shape (n_scans, C, d, h, w), possibly backed by
+    a file (:func:`ldae.training.latents.latent_array`). The mean (not a sample) is
+    cached: it is the deterministic latent of a scan, so the embedding of a scan does
+    not depend on a random draw.
     """
     autoencoder.eval()
-    means = []
+    first = 0
     for batch in loader:
         with autocast(device, dtype):
             mean, _ = autoencoder.encode(as_volume_batch(batch, device))
-        means.append(mean.float().cpu())
-    return torch.cat(means)
+        out[first:first + len(mean)] = mean.float().cpu()
+        first += len(mean)
+    return out
 
 
 def diffusion_stage(unet, schedule, config, device, dtype):
