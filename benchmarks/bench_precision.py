@@ -122,8 +122,7 @@ def main(argv=None):
               f"difference {difference:.3g} against an embedding std of {spread:.3g} "
               f"(tolerance {TOLERANCE:.0%}: {'within' if safe else 'outside'}).", "",
               f"Recommended default on this machine: **{recommendation}**. `precision=\"auto\"` "
-              f"picks {auto} here (bf16 only on CPUs with native bf16, AVX-512 BF16 or AMX, "
-              "and on GPUs)."]
+              f"picks {auto} here (fp32 on every CPU, bf16 on GPUs)."]
     markdown = "\n".join(lines)
     OUTPUT.mkdir(parents=True, exist_ok=True)
     name = "precision_quick" if args.quick else "precision"

@@ -3,13 +3,16 @@
 Fits the default ("small") LDAEEncoder on a synthetic cohort of N subjects with
 several visits, then reports with subject-grouped stratified 5-fold CV the AD-vs-CN
 ROC-AUC / accuracy and the age MAE / RMSE (next to the MAE of predicting the mean
-age) of linear probes on: the LDAE embedding, the PCA of the voxels, and the
-mean-pooled stage-1 latent, all on the same folds. Also the fit time per stage.
+age) of linear probes on: the LDAE embedding, the PCA of the voxels, the stage-1
+latent (mean-pooled, and all its values), the voxel-space DAE, and a supervised encoder
+trained inside each fold (the upper line), all on the same folds. Also the fit time per
+stage, and the stage-3 loss with each scan's own code, with shuffled codes and with no
+shift: what the semantic code contributes to denoising.
 
     python benchmarks/bench_probes.py            # 80 subjects (target: ROC-AUC >= 0.90)
-    python benchmarks/bench_probes.py --quick    # 30 subjects, fewer epochs: a smoke run
+    python benchmarks/bench_probes.py --quick    # the quick demo's 20 subjects and epochs
 
-Writes docs/benchmarks/probes.json and probes.md.
+Writes docs/benchmarks/probes.json and probes.md (probes_quick.* with --quick).
 """
 
 import argparse
@@ -26,7 +29,9 @@ from ldae._files import write_atomically
 from ldae.baselines import SupervisedEncoder, VoxelDAEEncoder
 from ldae.demo import run_demo
 from ldae.model_selection import markdown_table
+from ldae.diffusion import NoiseSchedule
 from ldae.probes import probe_embeddings
+from ldae.representation import pdae_loss
 
 OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
 
@@ -49,8 +54,10 @@ def main(argv=None):
                                 random_state=args.random_state).fit(images)
     supervised = SupervisedEncoder(preset="small", epochs=baseline_epochs,
                                    random_state=args.random_state)
+    latents = encoder.encode_latent(images)
     features = {"LDAE": encoder.transform(images),
-                "AE latent (mean-pooled)": encoder.encode_latent(images).mean(axis=(2, 3, 4)),
+                "AE latent (mean-pooled)": latents.mean(axis=(2, 3, 4)),
+                "AE latent (all values)": latents.reshape(len(latents), -1),
                 "voxel DAE": voxel_dae.transform(images)}
     start = time.perf_counter()
     probes = probe_embeddings(features, frame, voxels=images,
@@ -77,6 +84,7 @@ def main(argv=None):
         "baseline_epochs": voxel_dae.config_.epochs,
         "probe_seconds_with_supervised_fits": probe_seconds,
         "probes": summary,
+        "pdae_loss_by_code": pdae_loss_by_code(encoder, latents, args.random_state),
         "comparisons": comparisons.to_dict(orient="records"),
         "machine": {"python": platform.python_version(), "torch": torch.__version__,
                     "threads": torch.get_num_threads()},
@@ -111,10 +119,40 @@ def main(argv=None):
         f"ROC-AUC target 0.90 met: {result['target_auc_0.90_met']}; "
         f"beats every label-free baseline on ROC-AUC: {result['beats_baselines_on_auc']}",
     ]
+    gain = result["pdae_loss_by_code"]
+    markdown[-1:-1] = [
+        "How much the semantic code steers the frozen denoiser (stage-3 loss on every scan, "
+        f"same noise and timesteps): without the code's shift {gain['no shift']:.5f}, with each "
+        f"scan's own code {gain['own code']:.5f}, with the codes of other scans "
+        f"{gain['shuffled codes']:.5f}.", ""]
     write_atomically(OUTPUT / f"{name}.md",
                      lambda temporary: temporary.write_text("\n".join(markdown) + "\n"))
     print("\n".join(markdown))
     return 0
+
+
+def pdae_loss_by_code(encoder, latents, seed, repeats=4):
+    """Stage-3 (PDAE) loss of a fitted latent-input encoder on ``latents`` with its own
+    codes, with the codes shuffled across scans, and with no shift (G = 0): how much of
+    the denoising the semantic code explains, and how much of that is scan-specific."""
+    if encoder.config_.semantic_encoder != "latent":
+        return None
+    z0 = torch.as_tensor(latents)
+    semantic_encoder, estimator = encoder.semantic_encoder_, encoder.estimator_
+    shuffle = torch.randperm(len(z0), generator=torch.Generator().manual_seed(seed))
+    variants = {
+        "no shift": (semantic_encoder, lambda features, code: torch.zeros(())),
+        "own code": (semantic_encoder, estimator),
+        "shuffled codes": (lambda z: semantic_encoder(z)[shuffle], estimator),
+    }
+    losses = {}
+    with torch.no_grad():
+        for name, (encode, shift) in variants.items():
+            generator = torch.Generator().manual_seed(seed)
+            losses[name] = float(sum(
+                pdae_loss(encoder.unet_, shift, encode, z0, z0, NoiseSchedule(),
+                          generator=generator) for _ in range(repeats)) / repeats)
+    return losses
 
 
 if __name__ == "__main__":

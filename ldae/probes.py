@@ -70,11 +70,14 @@ class ProbeResults:
         -------
         DataFrame
             The rows of :func:`ldae.stats.compare_models` that involve ``reference``,
-            for ROC-AUC and for age MAE, with Holm-corrected p-values.
+            for ROC-AUC and for age MAE, with Holm-corrected p-values. For MAE,
+            ``mean_difference`` is MAE(a) − MAE(b) in years (negative: a errs less).
         """
         tables = []
-        for study, metric in ((self.diagnosis, "roc_auc"), (self.age, "mae")):
+        for study, metric, sign in ((self.diagnosis, "roc_auc", 1), (self.age, "mae", -1)):
             table = stats.compare_models(study, metric=metric)
+            # age scores are scikit-learn's negated errors; report differences of errors
+            table[["mean_difference", "statistic"]] *= sign
             involved = (table["model_a"] == reference) | (table["model_b"] == reference)
             tables.append(table[involved].assign(metric=metric))
         return pd.concat(tables, ignore_index=True)

@@ -43,6 +43,11 @@ def test_informative_features_beat_noise_on_the_same_folds(frame):
     comparisons = results.comparisons("informative")
     assert set(comparisons.metric) == {"roc_auc", "mae"}
     assert (comparisons.pvalue_corrected >= comparisons.pvalue).all()
+    # MAE differences read in years of error: the informative features err less
+    row = comparisons[(comparisons.metric == "mae") & (comparisons.model_b == "noise")].iloc[0]
+    assert row.model_a == "informative"
+    assert row.mean_difference == pytest.approx(mae["informative"] - mae["noise"])
+    assert row.mean_difference < 0
 
 
 def test_voxel_pca_baseline_is_added(frame):

@@ -28,9 +28,13 @@ def resolve_device(device):
 def resolve_precision(precision, device):
     """Return the autocast dtype (``torch.bfloat16``) or ``None`` for full float32.
 
-    ``"auto"`` uses bfloat16 on GPUs that support it and on CPUs with native bf16
-    instructions (AVX-512 BF16 or AMX), where 3D convolutions run 2-10x faster than
-    in float32; elsewhere float32.
+    ``"auto"`` uses bfloat16 on GPUs that support it and float32 on every CPU. On
+    CPUs with native bf16 (AVX-512 BF16, AMX) bf16 is faster but not numerically safe
+    (``benchmarks/bench_precision.py``): a semantic
+    code's spread across scans is a fraction of a percent of its size, the order of
+    bf16 rounding, and the embeddings of bf16 and fp32 inference then disagree far
+    beyond the 5 % tolerance of ``benchmarks/bench_precision.py``. ``"bf16"`` still
+    forces it.
     """
     if precision not in PRECISIONS:
         raise InputError(f"precision={precision!r} is not one of {PRECISIONS}")
@@ -40,8 +44,7 @@ def resolve_precision(precision, device):
         return torch.bfloat16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    native_bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    return torch.bfloat16 if native_bf16 else None
+    return None
 
 
 def autocast(device, dtype):
