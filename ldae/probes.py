@@ -55,8 +55,8 @@ class ProbeResults:
     def table(self):
         """One row per feature set: mean ± sd over folds of every metric."""
         rows = {}
-        for study, metrics in ((self.diagnosis, ("roc_auc", "accuracy", "f1")),
-                               (self.age, ("mae", "rmse"))):
+        for study, metrics in ((self.diagnosis, tuple(CLASSIFICATION_SCORING)),
+                               (self.age, tuple(REGRESSION_SCORING))):
             for model, scores in study.scores.groupby("model", sort=False):
                 for metric in metrics:
                     values = scores[metric].abs()
