@@ -29,12 +29,10 @@ def resolve_precision(precision, device):
     """Return the autocast dtype (``torch.bfloat16``) or ``None`` for full float32.
 
     ``"auto"`` uses bfloat16 on GPUs that support it and float32 on every CPU. On
-    CPUs with native bf16 (AVX-512 BF16, AMX) bf16 is faster but not numerically safe
-    (``benchmarks/bench_precision.py``): a semantic
-    code's spread across scans is a fraction of a percent of its size, the order of
-    bf16 rounding, and the embeddings of bf16 and fp32 inference then disagree far
-    beyond the 5 % tolerance of ``benchmarks/bench_precision.py``. ``"bf16"`` still
-    forces it.
+    CPUs with native bf16 (AVX-512 BF16, AMX) bf16 is faster but not numerically safe:
+    a semantic code's spread across scans is a fraction of a percent of its size, the
+    order of bf16 rounding, and bf16 and fp32 embeddings disagree far beyond the 5 %
+    tolerance of ``benchmarks/bench_precision.py``. ``"bf16"`` still forces it.
     """
     if precision not in PRECISIONS:
         raise InputError(f"precision={precision!r} is not one of {PRECISIONS}")
