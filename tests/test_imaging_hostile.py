@@ -297,8 +297,9 @@ def test_encoder_with_skip_fits_around_a_broken_scan_and_gives_it_a_nan_row(tmp_
     assert embeddings.shape == (len(X), model.config_.embedding_dim)
     assert np.isnan(embeddings[2]).all()
     good = np.delete(embeddings, 2, axis=0)
-    # other batch composition: float32 convolutions differ in the last bits
-    np.testing.assert_allclose(good, model.transform(paths), rtol=1e-4, atol=1e-5)
+    # other batch composition: float32 convolutions differ in the last bits, and the
+    # code standardisation magnifies them (a tiny model's codes barely differ across scans)
+    np.testing.assert_allclose(good, model.transform(paths), rtol=1e-4, atol=1e-4)
     # The record survives saving the model.
     model.save(tmp_path / "model.pt")
     loaded = LDAEEncoder.load(tmp_path / "model.pt")
