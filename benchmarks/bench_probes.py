@@ -28,8 +28,8 @@ import torch
 from ldae._files import write_atomically
 from ldae.baselines import SupervisedEncoder, VoxelDAEEncoder
 from ldae.demo import run_demo
-from ldae.model_selection import markdown_table
 from ldae.diffusion import NoiseSchedule
+from ldae.model_selection import markdown_table
 from ldae.probes import probe_embeddings
 from ldae.representation import pdae_loss
 
@@ -140,6 +140,7 @@ def pdae_loss_by_code(encoder, latents, seed, repeats=4):
     z0 = torch.as_tensor(latents)
     semantic_encoder, estimator = encoder.semantic_encoder_, encoder.estimator_
     shuffle = torch.randperm(len(z0), generator=torch.Generator().manual_seed(seed))
+    schedule = NoiseSchedule()
     variants = {
         "no shift": (semantic_encoder, lambda features, code: torch.zeros(())),
         "own code": (semantic_encoder, estimator),
@@ -150,8 +151,8 @@ def pdae_loss_by_code(encoder, latents, seed, repeats=4):
         for name, (encode, shift) in variants.items():
             generator = torch.Generator().manual_seed(seed)
             losses[name] = float(sum(
-                pdae_loss(encoder.unet_, shift, encode, z0, z0, NoiseSchedule(),
-                          generator=generator) for _ in range(repeats)) / repeats)
+                pdae_loss(encoder.unet_, shift, encode, z0, z0, schedule, generator=generator)
+                for _ in range(repeats)) / repeats)
     return losses
 
 
