@@ -5,11 +5,17 @@ bf16 autocast, ``transform`` of a batch of scans and one training step of the
 autoencoder and of the latent denoiser; the maximum absolute difference between
 the fp32 and bf16 embeddings is reported against the embeddings' spread.
 ``--compile`` adds torch.compile of the denoiser (slow to compile on a CPU).
-The recommendation: bf16 where it is faster and the embeddings agree within the
-tolerance (max |difference| < 5% of the embeddings' standard deviation), else fp32.
+The recommendation for inference: bf16 where it is faster and the embeddings agree
+within the tolerance (max |difference| < 5% of the embeddings' standard deviation),
+else fp32.
 
-    python benchmarks/bench_precision.py --quick    # 32x40x32, 4 scans
-    python benchmarks/bench_precision.py            # 64x80x64, 16 scans, --compile allowed
+Training: the same model is fitted twice on a synthetic cohort, every stage in fp32
+and every stage in bf16 autocast, with validation on held-out subjects; the table
+gives the seconds per stage, each stage's final validation loss, and the held-out
+reconstruction SSIM of the autoencoder (evaluated in fp32).
+
+    python benchmarks/bench_precision.py --quick    # 32x40x32, 4 scans; 20 subjects, quick-demo epochs
+    python benchmarks/bench_precision.py            # 64x80x64, 16 scans; 60 subjects, small preset
 
 Writes docs/benchmarks/precision[_quick].json and .md.
 """
@@ -27,8 +33,11 @@ import torch
 
 from ldae import LDAEEncoder
 from ldae.datasets import make_synthetic_cohort
+from ldae.demo import DEMO_SHAPE, FULL, QUICK
 from ldae.diffusion import NoiseSchedule, diffusion_loss
-from ldae.training.device import autocast, resolve_precision
+from ldae.generation import autoencoder_reconstruction
+from ldae.metrics import ssim
+from ldae.training.device import autocast, has_native_bf16, resolve_precision
 
 OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
 TOLERANCE = 0.05
@@ -70,6 +79,27 @@ def _training_steps(model, scans, dtype, compiled):
     return times
 
 
+def _training_quality(quick):
+    """Fit in fp32 and in bf16 on the same split; per-precision seconds and held-out scores."""
+    settings = QUICK if quick else FULL
+    cohort = make_synthetic_cohort(settings["n_subjects"], shape=DEMO_SHAPE, random_state=0)
+    subjects = cohort.frame.subject.to_numpy()
+    held_out = np.isin(subjects, np.unique(subjects)[-max(2, len(np.unique(subjects)) // 10):])
+    rows = {}
+    for precision in ("fp32", "bf16"):
+        model = LDAEEncoder(preset="small", precision=precision, random_state=0,
+                            **settings["overrides"])
+        model.fit(cohort.images[~held_out], groups=subjects[~held_out])
+        reconstructions = autoencoder_reconstruction(model.set_params(precision="fp32"),
+                                                     cohort.images[held_out])
+        row = {f"{stage} (s)": seconds for stage, seconds in model.fit_seconds_.items()}
+        row.update({f"{stage} val loss": history["val_loss"][-1]
+                    for stage, history in model.history_.items()})
+        row["held-out AE SSIM"] = float(ssim(reconstructions, cohort.images[held_out]).mean())
+        rows[precision] = row
+    return rows, int(held_out.sum()), int((~held_out).sum())
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -93,16 +123,20 @@ def main(argv=None):
     spread = float(embeddings["fp32"].std())
     speedup = rows["fp32"]["transform (s per scan)"] / rows["bf16"]["transform (s per scan)"]
     safe = difference < TOLERANCE * spread
-    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    native = has_native_bf16()
     recommendation = "bf16" if speedup > 1 and safe else "fp32"
-    auto = "bf16" if resolve_precision("auto", torch.device("cpu")) else "fp32"
+    cpu = torch.device("cpu")
+    auto = {purpose: "bf16" if resolve_precision("auto", cpu, training=training) else "fp32"
+            for purpose, training in (("training", True), ("inference", False))}
+    training, n_held_out, n_train = _training_quality(args.quick)
     result = {
         "command": "python benchmarks/bench_precision.py" + (" --quick" if args.quick else "")
                    + (" --compile" if args.compile else ""),
         "shape": list(shape), "n_scans": n_scans, "seconds": rows,
         "bf16_speedup_transform": speedup, "max_abs_embedding_difference": difference,
         "embedding_std": spread, "tolerance": f"{TOLERANCE:.0%} of the embedding std",
-        "within_tolerance": safe, "recommendation": recommendation,
+        "within_tolerance": safe, "recommendation": recommendation, "auto": auto,
+        "training": {"scans": n_train, "held_out_scans": n_held_out, "by_precision": training},
         "machine": {"processor": platform.processor(), "native_bf16": native,
                     "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                     "torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -121,8 +155,16 @@ def main(argv=None):
     lines += ["", f"bf16 speed-up of transform: {speedup:.2f}×; max |bf16 − fp32| embedding "
               f"difference {difference:.3g} against an embedding std of {spread:.3g} "
               f"(tolerance {TOLERANCE:.0%}: {'within' if safe else 'outside'}).", "",
-              f"Recommended default on this machine: **{recommendation}**. `precision=\"auto\"` "
-              f"picks {auto} here (fp32 on every CPU, bf16 on GPUs)."]
+              f"Recommended for inference on this machine: **{recommendation}**.", "",
+              f"## Training in fp32 and in bf16 ({n_train} scans, validation and SSIM on "
+              f"{n_held_out} scans of held-out subjects)", "",
+              "| precision | " + " | ".join(training["fp32"]) + " |",
+              "|---|" + "---|" * len(training["fp32"])]
+    for name, row in training.items():
+        lines.append(f"| {name} | " + " | ".join(f"{v:.4g}" for v in row.values()) + " |")
+    lines += ["", f"`precision=\"auto\"` on this machine: {auto['training']} for training, "
+              f"{auto['inference']} for inference (bf16 training needs native bf16; CPU inference "
+              "is always fp32; GPUs use bf16)."]
     markdown = "\n".join(lines)
     OUTPUT.mkdir(parents=True, exist_ok=True)
     name = "precision_quick" if args.quick else "precision"

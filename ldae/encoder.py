@@ -100,7 +100,9 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
     device : str, default="auto"
         "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
     precision : {"auto", "bf16", "fp32"}, default="auto"
-        "auto" uses bfloat16 autocast on GPUs and on CPUs with native bf16.
+        "auto": bfloat16 autocast on GPUs; on CPUs with native bf16 (AVX-512 BF16,
+        AMX), bfloat16 for the training steps and float32 for everything else
+        (latent encoding, transform, generation); float32 on other CPUs.
     num_workers : int, default=0
         DataLoader worker processes that load and preprocess scans.
     random_state : int, RandomState instance or None, default=None
@@ -227,7 +229,7 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
         device = resolve_device(self.device)
         parallel = distributed.start(device)  # a torchrun launch: data-parallel training
         device = device if parallel is None else parallel.device
-        dtype = resolve_precision(self.precision, device)
+        dtype = resolve_precision(self.precision, device, training=True)
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         train_index, val_index = self._split(len(dataset), groups, seed)
         checkpoints = self._checkpoints(config, preprocessing, dataset, seed, train_index)
@@ -269,7 +271,8 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
             checkpoints, device, seed,
         )
         with latent_array((len(dataset), *config.latent_shape), self.cache_dir) as z0:
-            encode_latents(autoencoder, loaders.in_order(dataset), device, dtype, out=z0)
+            encode_latents(autoencoder, loaders.in_order(dataset), device,
+                           resolve_precision(self.precision, device), out=z0)
             self.scale_factor_ = 1.0 / standard_deviation(z0, train_index)
             scale_in_place(z0, self.scale_factor_)
             self._fit_latent_stages(z0, dataset, train_index, val_index, device, dtype, seed,

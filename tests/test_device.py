@@ -1,18 +1,55 @@
 import pytest
 import torch
 
+from ldae import LDAEEncoder
+from ldae import encoder as encoder_module
+from ldae.datasets import make_synthetic_cohort
 from ldae.exceptions import InputError
+from ldae.training import device as device_module
 from ldae.training.device import resolve_precision
 
+CPU = torch.device("cpu")
 
-def test_auto_precision_is_fp32_even_on_cpus_with_native_bf16(monkeypatch):
-    # bf16 rounding is the size of a code's spread across scans: not safe by default
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
-    assert resolve_precision("auto", torch.device("cpu")) is None
-    assert resolve_precision("bf16", torch.device("cpu")) is torch.bfloat16
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_trains_in_bf16_only_on_cpus_with_native_bf16(monkeypatch, native):
+    monkeypatch.setattr(device_module, "has_native_bf16", lambda: native)
+    assert resolve_precision("auto", CPU, training=True) is (torch.bfloat16 if native else None)
+
+
+def test_auto_precision_infers_in_fp32_on_every_cpu(monkeypatch):
+    # bf16 rounding is the size of a code's spread across scans: not safe for embeddings
+    monkeypatch.setattr(device_module, "has_native_bf16", lambda: True)
+    assert resolve_precision("auto", CPU) is None
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_explicit_precision_applies_to_training_and_inference(training):
+    assert resolve_precision("bf16", CPU, training=training) is torch.bfloat16
+    assert resolve_precision("fp32", CPU, training=training) is None
 
 
 def test_unknown_precision_is_named():
     with pytest.raises(InputError, match="precision='fp16'"):
-        resolve_precision("fp16", torch.device("cpu"))
+        resolve_precision("fp16", CPU)
+
+
+def test_fit_trains_in_bf16_and_caches_latents_in_fp32_on_a_native_bf16_cpu(monkeypatch):
+    monkeypatch.setattr(device_module, "has_native_bf16", lambda: True)
+    seen = {}
+
+    def recording(name, function, position):
+        def wrapper(*args, **kwargs):
+            seen[name] = args[position]
+            return function(*args, **kwargs)
+        return wrapper
+
+    for name, position in (("autoencoder_stage", 3), ("diffusion_stage", 4),
+                           ("representation_stage", 6), ("encode_latents", 3)):
+        monkeypatch.setattr(encoder_module, name,
+                            recording(name, getattr(encoder_module, name), position))
+    scans = make_synthetic_cohort(2, shape=(32, 40, 32), random_state=0).images[:4]
+    LDAEEncoder(preset="tiny", ae_epochs=1, diffusion_epochs=1, representation_epochs=1,
+                random_state=0).fit(scans)
+    assert seen == {"autoencoder_stage": torch.bfloat16, "diffusion_stage": torch.bfloat16,
+                    "representation_stage": torch.bfloat16, "encode_latents": None}
