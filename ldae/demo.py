@@ -38,11 +38,11 @@ from .site_effects import site_prediction_score
 from .stats import bootstrap_ci
 
 DEMO_SHAPE = (32, 40, 32)
-FULL = dict(n_subjects=60, overrides={})
-# --quick trains half the epochs on a third of the subjects: a smoke run of the
-# whole path, not a result.
-QUICK = dict(n_subjects=20, overrides=dict(ae_epochs=5, diffusion_epochs=15, representation_epochs=15))
-DDIM_STEPS = 20
+FULL = dict(n_subjects=60, ddim_steps=20, overrides={})
+# --quick trains fewer epochs on a third of the subjects and decodes with fewer DDIM
+# steps: a smoke run of the whole path in under 2 minutes, not a result.
+QUICK = dict(n_subjects=20, ddim_steps=10,
+             overrides=dict(ae_epochs=5, diffusion_epochs=12, representation_epochs=12))
 MANIPULATION_GAPS = (-2, -1, 0, 1, 2)
 
 
@@ -115,10 +115,10 @@ def run_demo(output_dir="ldae-demo", *, quick=False, n_subjects=None, encoder=No
     _probe_section(report, probes, table, random_state)
     _comparison_section(report, comparisons)
     timed("generative", lambda: _generative_section(report, encoder, cohort, embeddings,
-                                                    random_state))
+                                                    settings["ddim_steps"], random_state))
     timed("cohort analysis", lambda: _analysis_section(report, encoder, cohort, embeddings,
                                                        random_state))
-    _run_section(report, encoder, timings, quick)
+    _run_section(report, encoder, timings, settings["ddim_steps"], quick)
     html_path, markdown_path = report.write(output_dir)
     say(f"\nreport: {html_path.resolve()}\n        {markdown_path.resolve()}")
     return {"cohort": cohort, "encoder": encoder, "probes": probes, "report": html_path,
@@ -194,32 +194,32 @@ def _comparison_section(report, comparisons):
                               "pvalue", "pvalue_corrected"]])
 
 
-def _generative_section(report, encoder, cohort, embeddings, random_state):
+def _generative_section(report, encoder, cohort, embeddings, steps, random_state):
     frame, images, affine = cohort.frame, cohort.images, cohort.affine
     report.heading("Generative tools")
     baseline = np.flatnonzero((frame.months == 0).to_numpy())
     scans = images[baseline[:2]]
-    reconstructions = encoder.reconstruct(scans, steps=DDIM_STEPS)
-    report.text(f"Reconstruction from (y, x_T) with {DDIM_STEPS} DDIM steps: SSIM to the input "
+    reconstructions = encoder.reconstruct(scans, steps=steps)
+    report.text(f"Reconstruction from (y, x_T) with {steps} DDIM steps: SSIM to the input "
                 + ", ".join(f"{value:.3f}" for value in ssim(reconstructions, scans)) + ".")
     report.figure(plot_reconstruction(scans, reconstructions, affine=affine), "reconstruction",
                   "Original, reconstruction and difference (reconstruction − original)")
 
     variations = encoder.generate(embeddings[baseline[:2]], n_variations=3,
-                                  random_state=random_state, steps=DDIM_STEPS)
+                                  random_state=random_state, steps=steps)
     report.figure(plot_variations(variations, originals=scans, affine=affine), "variations",
                   "Stochastic variations: the same embedding decoded from different noise")
 
-    alphas, moved_scan = _manipulation(report, encoder, frame, images, embeddings)
+    alphas, moved_scan = _manipulation(report, encoder, frame, images, embeddings, steps)
     report.figure(plot_manipulation(moved_scan[len(alphas) // 2], moved_scan, alphas,
                                     affine=affine), "manipulation",
                   "A CN scan moved along the AD-vs-CN probe direction (α in AD − CN gaps); "
                   "differences to α = 0")
 
-    _interpolation(report, encoder, frame, images, affine)
+    _interpolation(report, encoder, frame, images, affine, steps)
 
 
-def _manipulation(report, encoder, frame, images, embeddings):
+def _manipulation(report, encoder, frame, images, embeddings, steps):
     labelled = frame.diagnosis.isin(["CN", "AD"]).to_numpy()
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
     is_ad = (frame.diagnosis[labelled] == "AD").to_numpy()
@@ -229,7 +229,7 @@ def _manipulation(report, encoder, frame, images, embeddings):
     gap = projected[is_ad].mean() - projected[~is_ad].mean()
     alphas = [k * gap for k in MANIPULATION_GAPS]
     control = np.flatnonzero(((frame.diagnosis == "CN") & (frame.months == 0)).to_numpy())[0]
-    moved = encoder.manipulate(images[control:control + 1], probe, alphas, steps=DDIM_STEPS)[:, 0]
+    moved = encoder.manipulate(images[control:control + 1], probe, alphas, steps=steps)[:, 0]
     decision = probe.decision_function(encoder.transform(moved))
     report.text(
         f"Manipulation of scan {frame.subject.iloc[control]} {frame.session.iloc[control]} (CN) "
@@ -239,7 +239,7 @@ def _manipulation(report, encoder, frame, images, embeddings):
     return alphas, moved
 
 
-def _interpolation(report, encoder, frame, images, affine):
+def _interpolation(report, encoder, frame, images, affine, steps):
     visits = frame.groupby("subject").months.transform("count")
     subject = frame.subject[visits >= 3].iloc[0]
     rows = np.flatnonzero((frame.subject == subject).to_numpy())
@@ -247,15 +247,14 @@ def _interpolation(report, encoder, frame, images, affine):
     months = frame.months.to_numpy()
     middle_t = float((months[middle] - months[first]) / (months[last] - months[first]))
     positions = [0.0, 0.25, 0.5, 0.75, 1.0]
-    interpolated = encoder.interpolate(images[first:first + 1], images[last:last + 1], positions,
-                                       steps=DDIM_STEPS)[:, 0]
-    predicted = encoder.interpolate(images[first:first + 1], images[last:last + 1], middle_t,
-                                    steps=DDIM_STEPS)
+    # one call for the sequence and the predicted middle visit: the endpoints are encoded once
+    *interpolated, predicted = encoder.interpolate(
+        images[first:first + 1], images[last:last + 1], positions + [middle_t], steps=steps)[:, 0]
     report.text(
         f"Interpolation between the visits at months {months[first]:g} and {months[last]:g} of "
         f"{subject}; the visit at month {months[middle]:g} (t = {middle_t:.2f}) is predicted with "
-        f"SSIM {ssim(predicted, images[middle:middle + 1])[0]:.3f} to the real scan.")
-    report.figure(plot_interpolation(interpolated, positions, real_middle=images[middle],
+        f"SSIM {ssim(predicted[None], images[middle:middle + 1])[0]:.3f} to the real scan.")
+    report.figure(plot_interpolation(np.stack(interpolated), positions, real_middle=images[middle],
                                      middle_t=middle_t, affine=affine), "interpolation",
                   "Interpolated visits next to the real middle visit")
 
@@ -295,7 +294,7 @@ def _analysis_section(report, encoder, cohort, embeddings, random_state):
     report.table(sites.table())
 
 
-def _run_section(report, encoder, timings, quick):
+def _run_section(report, encoder, timings, steps, quick):
     report.heading("Run")
     config = encoder.config_
     settings = pd.DataFrame({"setting": ["mode", "preset", "image shape", "embedding size",
@@ -306,7 +305,7 @@ def _run_section(report, encoder, timings, quick):
                                        config.embedding_dim,
                                        f"{config.ae_epochs}, {config.diffusion_epochs}, "
                                        f"{config.representation_epochs}",
-                                       DDIM_STEPS, encoder.device, encoder.random_state]})
+                                       steps, encoder.device, encoder.random_state]})
     report.table(settings.astype(str))
     report.text("Seconds: " + ", ".join(f"{step} {value:.1f}" for step, value in timings.items())
                 + "; per training stage: " + ", ".join(
