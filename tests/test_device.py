@@ -53,3 +53,20 @@ def test_fit_trains_in_bf16_and_caches_latents_in_fp32_on_a_native_bf16_cpu(monk
                 random_state=0).fit(scans)
     assert seen == {"autoencoder_stage": torch.bfloat16, "diffusion_stage": torch.bfloat16,
                     "representation_stage": torch.bfloat16, "encode_latents": None}
+
+
+def test_baselines_train_with_the_training_precision(monkeypatch):
+    from ldae.baselines import VoxelDAEEncoder, voxel_dae
+
+    monkeypatch.setattr(device_module, "has_native_bf16", lambda: True)
+    seen = []
+    original = voxel_dae.voxel_dae_stage
+
+    def recording(*args):
+        seen.append(args[-1])
+        return original(*args)
+
+    monkeypatch.setattr(voxel_dae, "voxel_dae_stage", recording)
+    scans = make_synthetic_cohort(2, shape=(32, 40, 32), random_state=0).images[:4]
+    VoxelDAEEncoder(preset="tiny", epochs=1, random_state=0).fit(scans)
+    assert seen == [torch.bfloat16]

@@ -122,7 +122,7 @@ class VolumeEncoderBase(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         preprocessing = self._resolve_preprocessing(config)
         dataset = as_volume_dataset(X, preprocessing, cache_dir=self.cache_dir)
         device = resolve_device(self.device)
-        dtype = resolve_precision(self.precision, device)
+        dtype = resolve_precision(self.precision, device, training=True)
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         self.config_ = config
         self.preprocessing_ = preprocessing

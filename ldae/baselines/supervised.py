@@ -117,6 +117,7 @@ class SupervisedEncoder(VolumeEncoderBase):
     cache_dir : str or Path, optional
     device : str, default="auto"
     precision : {"auto", "bf16", "fp32"}, default="auto"
+        As in :class:`~ldae.LDAEEncoder` (bf16 training on CPUs with native bf16).
     num_workers : int, default=0
     random_state : int, RandomState instance or None, default=None
         On the CPU, the same integer gives the same embeddings.
