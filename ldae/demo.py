@@ -55,7 +55,7 @@ def run_demo(output_dir="ldae-demo", *, quick=False, n_subjects=None, encoder=No
     output_dir : str or Path, default="ldae-demo"
         Folder receiving ``report.html``, ``report.md`` and ``figures/``.
     quick : bool, default=False
-        Fewer subjects and epochs (a smoke run of the whole path).
+        Fewer subjects, epochs and DDIM steps (a smoke run of the whole path).
     n_subjects : int, optional
         Overrides the number of synthetic subjects.
     encoder : LDAEEncoder, optional
