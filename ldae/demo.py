@@ -42,7 +42,7 @@ FULL = dict(n_subjects=60, ddim_steps=20, overrides={})
 # --quick trains fewer epochs on a third of the subjects and decodes with fewer DDIM
 # steps: a smoke run of the whole path in under 2 minutes, not a result.
 QUICK = dict(n_subjects=20, ddim_steps=10,
-             overrides=dict(ae_epochs=5, diffusion_epochs=12, representation_epochs=12))
+             overrides=dict(ae_epochs=4, diffusion_epochs=10, representation_epochs=10))
 MANIPULATION_GAPS = (-2, -1, 0, 1, 2)
 
 
