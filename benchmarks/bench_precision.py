@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from ldae import LDAEEncoder
+from ldae._files import write_atomically
 from ldae.datasets import make_synthetic_cohort
 from ldae.demo import DEMO_SHAPE, FULL, QUICK
 from ldae.diffusion import NoiseSchedule, diffusion_loss
@@ -84,7 +85,8 @@ def _training_quality(quick):
     settings = QUICK if quick else FULL
     cohort = make_synthetic_cohort(settings["n_subjects"], shape=DEMO_SHAPE, random_state=0)
     subjects = cohort.frame.subject.to_numpy()
-    held_out = np.isin(subjects, np.unique(subjects)[-max(2, len(np.unique(subjects)) // 10):])
+    distinct = np.unique(subjects)
+    held_out = np.isin(subjects, distinct[-max(2, len(distinct) // 10):])
     rows = {}
     for precision in ("fp32", "bf16"):
         model = LDAEEncoder(preset="small", precision=precision, random_state=0,
@@ -166,12 +168,9 @@ def main(argv=None):
               f"{auto['inference']} for inference (bf16 training needs native bf16; CPU inference "
               "is always fp32; GPUs use bf16)."]
     markdown = "\n".join(lines)
-    OUTPUT.mkdir(parents=True, exist_ok=True)
     name = "precision_quick" if args.quick else "precision"
     for suffix, text in ((".json", json.dumps(result, indent=2) + "\n"), (".md", markdown + "\n")):
-        temporary = OUTPUT / f".{name}{suffix}.tmp"
-        temporary.write_text(text)
-        os.replace(temporary, OUTPUT / f"{name}{suffix}")
+        write_atomically(OUTPUT / f"{name}{suffix}", lambda temporary: temporary.write_text(text))
     print(markdown)
     return 0
 
