@@ -7,7 +7,8 @@ age) of linear probes on: the LDAE embedding, the PCA of the voxels, the stage-1
 latent (mean-pooled, and all its values), the voxel-space DAE, and a supervised encoder
 trained inside each fold (the upper line), all on the same folds. Also the fit time per
 stage, and the stage-3 loss with each scan's own code, with shuffled codes and with no
-shift: what the semantic code contributes to denoising.
+shift: what the semantic code contributes to denoising, and the effective rank of the
+LDAE embedding (how many independent factors its dimensions follow).
 
     python benchmarks/bench_probes.py            # 80 subjects (target: ROC-AUC >= 0.90)
     python benchmarks/bench_probes.py --quick    # the quick demo's 20 subjects and epochs
@@ -23,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ldae._files import write_atomically
@@ -85,6 +87,7 @@ def main(argv=None):
         "probe_seconds_with_supervised_fits": probe_seconds,
         "probes": summary,
         "pdae_loss_by_code": pdae_loss_by_code(encoder, latents, args.random_state),
+        "ldae_effective_rank": effective_rank(features["LDAE"]),
         "comparisons": comparisons.to_dict(orient="records"),
         "machine": {"python": platform.python_version(), "torch": torch.__version__,
                     "threads": torch.get_num_threads()},
@@ -124,7 +127,9 @@ def main(argv=None):
         "How much the semantic code steers the frozen denoiser (stage-3 loss on every scan, "
         f"same noise and timesteps): without the code's shift {gain['no shift']:.5f}, with each "
         f"scan's own code {gain['own code']:.5f}, with the codes of other scans "
-        f"{gain['shuffled codes']:.5f}.", ""]
+        f"{gain['shuffled codes']:.5f}.", "",
+        f"Effective rank of the LDAE embedding: {result['ldae_effective_rank']:.1f} of "
+        f"{features['LDAE'].shape[1]} dimensions.", ""]
     write_atomically(OUTPUT / f"{name}.md",
                      lambda temporary: temporary.write_text("\n".join(markdown) + "\n"))
     print("\n".join(markdown))
@@ -154,6 +159,14 @@ def pdae_loss_by_code(encoder, latents, seed, repeats=4):
                 pdae_loss(encoder.unet_, shift, encode, z0, z0, schedule, generator=generator)
                 for _ in range(repeats)) / repeats)
     return losses
+
+
+def effective_rank(embeddings):
+    """Participation ratio (Σλ)² / Σλ² of the eigenvalues λ of the embedding's correlation
+    matrix: about 1 when every dimension follows the same factor, the number of dimensions
+    when all are uncorrelated."""
+    eigenvalues = np.linalg.eigvalsh(np.corrcoef(embeddings, rowvar=False))
+    return float(eigenvalues.sum() ** 2 / np.square(eigenvalues).sum())
 
 
 if __name__ == "__main__":

@@ -68,8 +68,14 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
     semantic_encoder : {"latent", "slice"}, optional
         "latent": a 3D CNN over the stage-1 latent (cheap). "slice": the paper's 2.5D
         encoder, a 2D CNN over every axial slice with attention read-out.
+    code_decorrelation : float, optional
+        Weight of the stage-3 penalty on correlated embedding dimensions
+        (:func:`ldae.representation.code_correlation_penalty`); 0 trains the plain
+        PDAE objective.
     ae_channels, unet_channels : tuple of int, optional
         Channels per level of the autoencoder and of the latent denoiser.
+    latent_channels : int, optional
+        Channels of the autoencoder's latent.
     ae_epochs, diffusion_epochs, representation_epochs : int, optional
         Epochs of each stage.
     batch_size : int, optional
@@ -147,7 +153,9 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
         image_shape=None,
         embedding_dim=None,
         semantic_encoder=None,
+        code_decorrelation=None,
         ae_channels=None,
+        latent_channels=None,
         unet_channels=None,
         ae_epochs=None,
         diffusion_epochs=None,
@@ -173,7 +181,9 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
         self.image_shape = image_shape
         self.embedding_dim = embedding_dim
         self.semantic_encoder = semantic_encoder
+        self.code_decorrelation = code_decorrelation
         self.ae_channels = ae_channels
+        self.latent_channels = latent_channels
         self.unet_channels = unet_channels
         self.ae_epochs = ae_epochs
         self.diffusion_epochs = diffusion_epochs
@@ -533,7 +543,9 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
             image_shape=self.image_shape,
             embedding_dim=self.embedding_dim,
             semantic_encoder=self.semantic_encoder,
+            code_decorrelation=self.code_decorrelation,
             ae_channels=self.ae_channels,
+            latent_channels=self.latent_channels,
             unet_channels=self.unet_channels,
             ae_epochs=self.ae_epochs,
             diffusion_epochs=self.diffusion_epochs,

@@ -5,13 +5,18 @@ LDAEEncoder parameter left at ``None`` takes the preset's value.
 
 - ``"tiny"``: 32x40x32 volumes, a few epochs. For tests: fits in seconds on a CPU.
 - ``"small"``: 32x40x32 volumes, networks and epochs sized so that a cohort of a few
-  hundred scans trains in minutes on two CPU cores. The default; what the demo uses.
+  hundred scans trains in minutes on two CPU cores; an 8-channel latent (with 3, a
+  linear probe on the latent itself reaches ROC-AUC 0.65 instead of 0.85 for AD vs CN).
+  The default; what the demo uses.
 - ``"paper"``: the architecture of Lozupone et al. (2025) at 128x160x128: AutoencoderKL
   (64, 128, 128, 128) with f = 8, latent UNet (256, 512, 768) with attention, and the
-  2.5D slice encoder with a 768-d embedding. Training it is for GPUs.
+  2.5D slice encoder with a 768-d embedding, and the paper's plain PDAE loss (no code
+  decorrelation). Training it is for GPUs.
 """
 
 from dataclasses import asdict, dataclass, replace
+from math import inf
+from numbers import Real
 
 from .exceptions import InputError
 
@@ -38,6 +43,7 @@ class ModelConfig:
     semantic_encoder: str = "latent"
     encoder_channels: tuple = (32, 64)
     embedding_dim: int = 32
+    code_decorrelation: float = 1e-3
     # training
     ae_epochs: int = 3
     diffusion_epochs: int = 5
@@ -66,6 +72,7 @@ PRESETS = {
     "tiny": ModelConfig(),
     "small": ModelConfig(
         ae_channels=(16, 32, 32),
+        latent_channels=8,
         unet_channels=(64, 128),
         encoder_channels=(64, 128),
         embedding_dim=64,
@@ -92,6 +99,7 @@ PRESETS = {
         semantic_encoder="slice",
         encoder_channels=(32, 64, 128, 256),
         embedding_dim=768,
+        code_decorrelation=0.0,
         ae_epochs=100,
         diffusion_epochs=500,
         representation_epochs=200,
@@ -158,5 +166,7 @@ def _validate(config):
     for name in ("ae_epochs", "diffusion_epochs", "representation_epochs"):
         if getattr(config, name) < 0:
             raise InputError(f"{name}={getattr(config, name)} must not be negative")
+    if not (isinstance(config.code_decorrelation, Real) and 0 <= config.code_decorrelation < inf):
+        raise InputError(f"code_decorrelation={config.code_decorrelation} must be a number >= 0")
     if config.ddim_steps > 1000:
         raise InputError(f"ddim_steps={config.ddim_steps} cannot exceed the 1000 training steps")

@@ -236,6 +236,8 @@ def test_bad_arguments_are_named(cohort):
         LDAEEncoder(**FAST).fit(cohort.images, groups=[0, 1])
     with pytest.raises(InputError, match="device"):
         LDAEEncoder(**FAST, device="tpu").fit(cohort.images)
+    with pytest.raises(InputError, match="code_decorrelation"):
+        LDAEEncoder(**FAST, code_decorrelation=-0.1).fit(cohort.images)
 
 
 def test_history_and_validation_on_held_out_subjects(cohort):

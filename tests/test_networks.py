@@ -10,6 +10,7 @@ from ldae.representation import (
     GradientEstimator,
     LatentSemanticEncoder,
     SliceSemanticEncoder,
+    code_correlation_penalty,
     pdae_loss,
     shifted_eps,
     unet_features,
@@ -210,6 +211,29 @@ def test_pdae_loss_matches_its_definition(unet):
     residual = noise - unet(z_t, t) - k_t.reshape(-1, 1, 1, 1, 1) * shift
     expected = (lambda_t * residual.square().mean(dim=(1, 2, 3, 4))).mean()
     torch.testing.assert_close(loss, expected)
+
+
+def test_code_correlation_penalty_is_zero_for_uncorrelated_and_largest_for_collapsed_codes():
+    signs = torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]])
+    uncorrelated = signs * torch.tensor([3.0, 0.5]) + torch.tensor([0.0, 2.0])
+    assert code_correlation_penalty(uncorrelated).item() == pytest.approx(0.0, abs=1e-6)
+    collapsed = torch.randn(6, 1, generator=torch.Generator().manual_seed(0)) * torch.tensor([1.0, -2.0, 5.0])
+    # every one of the d·(d−1) off-diagonal correlations is ±1, divided by d
+    assert code_correlation_penalty(collapsed).item() == pytest.approx(2.0, rel=1e-3)
+    assert code_correlation_penalty(collapsed[:1]).item() == 0.0
+
+
+def test_decorrelation_adds_the_weighted_penalty_of_the_batch_codes(unet):
+    schedule = NoiseSchedule()
+    encoder = LatentSemanticEncoder(channels=(16, 32), embedding_dim=16)
+    estimator = randomise(GradientEstimator(unet, embedding_dim=16), seed=4)
+    z0 = latents(3, seed=6)
+    plain = pdae_loss(unet, estimator, encoder, z0, z0, schedule, generator=torch.Generator().manual_seed(9))
+    penalised = pdae_loss(unet, estimator, encoder, z0, z0, schedule, decorrelation=0.5,
+                          generator=torch.Generator().manual_seed(9))
+    expected = plain + 0.5 * code_correlation_penalty(encoder(z0))
+    torch.testing.assert_close(penalised, expected)
+    assert penalised > plain
 
 
 def test_diffusion_loss_trains_the_unet(unet):
