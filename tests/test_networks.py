@@ -221,6 +221,11 @@ def test_code_correlation_penalty_is_zero_for_uncorrelated_and_largest_for_colla
     # every one of the d·(d−1) off-diagonal correlations is ±1, divided by d
     assert code_correlation_penalty(collapsed).item() == pytest.approx(2.0, rel=1e-3)
     assert code_correlation_penalty(collapsed[:1]).item() == 0.0
+    constant_dimension = uncorrelated.clone().requires_grad_(True)
+    with torch.no_grad():
+        constant_dimension[:, 1] = 0.25
+    code_correlation_penalty(constant_dimension).backward()
+    assert torch.isfinite(constant_dimension.grad).all()  # a NaN here stopped a full fit
 
 
 def test_decorrelation_adds_the_weighted_penalty_of_the_batch_codes(unet):

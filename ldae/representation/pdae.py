@@ -83,7 +83,9 @@ def code_correlation_penalty(codes):
     if len(codes) < 2:
         return codes.sum() * 0.0
     centred = codes - codes.mean(dim=0)
-    standardised = centred / (centred.square().mean(dim=0).sqrt() + 1e-4)
+    # the floor inside the root keeps the gradient finite for a dimension that is
+    # constant over the batch (in bf16, two close codes can round to the same value)
+    standardised = centred / (centred.square().mean(dim=0) + 1e-4).sqrt()
     correlation = standardised.T @ standardised / len(codes)
     off_diagonal = correlation - torch.diag(torch.diag(correlation))
     return off_diagonal.square().sum() / correlation.shape[0]
