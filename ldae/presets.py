@@ -6,7 +6,8 @@ LDAEEncoder parameter left at ``None`` takes the preset's value.
 - ``"tiny"``: 32x40x32 volumes, a few epochs. For tests: fits in seconds on a CPU.
 - ``"small"``: 32x40x32 volumes, networks and epochs sized so that a cohort of a few
   hundred scans trains in minutes on two CPU cores; an 8-channel latent (with 3, a
-  linear probe on the latent itself reaches ROC-AUC 0.65 instead of 0.85 for AD vs CN).
+  linear probe on the latent itself reaches ROC-AUC 0.65 instead of 0.85 for AD vs CN in
+  ``benchmarks/bench_probes.py``) and the stage-3 penalty on correlated code dimensions.
   The default; what the demo uses.
 - ``"paper"``: the architecture of Lozupone et al. (2025) at 128x160x128: AutoencoderKL
   (64, 128, 128, 128) with f = 8, latent UNet (256, 512, 768) with attention, and the
@@ -43,7 +44,7 @@ class ModelConfig:
     semantic_encoder: str = "latent"
     encoder_channels: tuple = (32, 64)
     embedding_dim: int = 32
-    code_decorrelation: float = 1e-3
+    code_decorrelation: float = 0.0
     # training
     ae_epochs: int = 3
     diffusion_epochs: int = 5
@@ -73,6 +74,7 @@ PRESETS = {
     "small": ModelConfig(
         ae_channels=(16, 32, 32),
         latent_channels=8,
+        code_decorrelation=1e-3,
         unet_channels=(64, 128),
         encoder_channels=(64, 128),
         embedding_dim=64,
@@ -99,7 +101,6 @@ PRESETS = {
         semantic_encoder="slice",
         encoder_channels=(32, 64, 128, 256),
         embedding_dim=768,
-        code_decorrelation=0.0,
         ae_epochs=100,
         diffusion_epochs=500,
         representation_epochs=200,

@@ -63,11 +63,9 @@ def code_correlation_penalty(codes):
     batch, divided by the code size (VICReg's covariance term, on correlations).
 
     Left alone, the PDAE code spends nearly all its dimensions on the latent's
-    largest factor of variation: on the synthetic cohort, head size (about 60 % of
-    the latent's variance), leaving an effective rank of about 2 out of 64 and no
-    trace of ventricles, hippocampi or age. Penalising correlated dimensions makes
-    each one carry something the others do not
-    (``benchmarks/bench_probes.py`` reports the effective rank).
+    largest factor of variation (on the synthetic cohort, head size). Penalising
+    correlated dimensions makes each one carry something the others do not
+    (``benchmarks/bench_probes.py`` reports the embedding's effective rank).
 
     Parameters
     ----------
