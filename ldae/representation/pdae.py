@@ -85,5 +85,5 @@ def code_correlation_penalty(codes):
     # constant over the batch (in bf16, two close codes can round to the same value)
     standardised = centred / (centred.square().mean(dim=0) + 1e-4).sqrt()
     correlation = standardised.T @ standardised / len(codes)
-    off_diagonal = correlation - torch.diag(torch.diag(correlation))
-    return off_diagonal.square().sum() / correlation.shape[0]
+    off_diagonal_squares = correlation.square().sum() - correlation.diagonal().square().sum()
+    return off_diagonal_squares / correlation.shape[0]
