@@ -1,10 +1,13 @@
 """Autoencoder, latent UNet, gradient estimator, semantic encoders and the PDAE loss."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from ldae.autoencoder import AdversarialTerm, autoencoder_loss, build_autoencoder, kl_divergence
 from ldae.diffusion import NoiseSchedule, build_latent_unet, check_latent_shape, diffusion_loss
 from ldae.exceptions import InputError
+from ldae.presets import resolve_config
 from ldae.representation import semantic_encoder as semantic_encoder_module
 from ldae.representation import (
     GradientEstimator,
@@ -16,6 +19,8 @@ from ldae.representation import (
     unet_features,
     unet_head,
 )
+from ldae.training.loop import train_stage
+from ldae.training.stages import representation_stage
 
 LATENT = (3, 8, 10, 8)
 
@@ -193,6 +198,39 @@ def test_pdae_training_updates_only_encoder_and_estimator(unet):
     assert all(not torch.equal(a, b) for a, b in zip(encoder_before, encoder.parameters()))
     z, t = latents(2), torch.tensor([50, 500])
     assert torch.count_nonzero(estimator(unet_features(unet, z, t), encoder(z))) > 0
+
+
+def test_encoder_warmup_trains_only_the_estimator_in_its_epochs(unet):
+    config = replace(resolve_config("tiny"), representation_epochs=2, encoder_warmup_epochs=1)
+    encoder = LatentSemanticEncoder(channels=(16, 32), embedding_dim=16)
+    estimator = GradientEstimator(unet, embedding_dim=16)
+    stage = representation_stage(unet, estimator, encoder, NoiseSchedule(), config,
+                                 torch.device("cpu"), None)
+    weights_at_epoch_start = []
+    begin_epoch = stage.begin_epoch
+
+    def snapshot_then_begin(epoch):
+        weights_at_epoch_start.append([[p.detach().clone() for p in network.parameters()]
+                                       for network in (encoder, estimator)])
+        begin_epoch(epoch)
+
+    stage.begin_epoch = snapshot_then_begin
+    batches = [(latents(4, seed=seed),) for seed in range(2)]
+    train_stage(stage, batches, generator=torch.Generator().manual_seed(0))
+
+    def unchanged(before, after):
+        return all(torch.equal(a, b) for a, b in zip(before, after))
+
+    (encoder_initial, estimator_initial), (encoder_after_warmup, _) = weights_at_epoch_start
+    assert unchanged(encoder_initial, encoder_after_warmup)
+    assert not unchanged(estimator_initial, estimator.parameters())
+    assert not unchanged(encoder_after_warmup, encoder.parameters())
+
+
+def test_encoder_warmup_must_fit_in_the_representation_epochs():
+    with pytest.raises(InputError, match="encoder_warmup_epochs=6 must be between 0 and "
+                                         "representation_epochs=5"):
+        resolve_config("tiny", encoder_warmup_epochs=6)
 
 
 def test_pdae_loss_matches_its_definition(unet):

@@ -107,7 +107,9 @@ def representation_stage(unet, estimator, semantic_encoder, schedule, config, de
     """
     unet.requires_grad_(False).eval()
     parameters = [*semantic_encoder.parameters(), *estimator.parameters()]
-    optimizer = torch.optim.Adam(parameters, lr=config.representation_lr)
+    optimizer = torch.optim.Adam([{"params": list(semantic_encoder.parameters())},
+                                  {"params": list(estimator.parameters())}],
+                                 lr=config.representation_lr)
     encoder_average = exponential_moving_average(semantic_encoder, config.ema_decay)
     estimator_average = exponential_moving_average(estimator, config.ema_decay)
 
@@ -134,5 +136,15 @@ def representation_stage(unet, estimator, semantic_encoder, schedule, config, de
 
     state = {"semantic_encoder": semantic_encoder, "estimator": estimator, "optimizer": optimizer,
              "semantic_encoder_ema": encoder_average, "estimator_ema": estimator_average}
+    def begin_epoch(epoch):
+        # Trained jointly from the start, G_ψ spends its updates on the code-independent
+        # correction of the frozen denoiser and never comes to read the still-changing
+        # code (own and shuffled codes give the same loss); against a fixed code it
+        # does. A zero learning rate keeps the encoder's graph, so every process of a
+        # data-parallel fit averages the same gradients.
+        warming_up = epoch < config.encoder_warmup_epochs
+        optimizer.param_groups[0]["lr"] = 0.0 if warming_up else config.representation_lr
+
     return Stage("representation", step, evaluate, state, config.representation_epochs,
-                 averages={"semantic_encoder": encoder_average, "estimator": estimator_average})
+                 averages={"semantic_encoder": encoder_average, "estimator": estimator_average},
+                 begin_epoch=begin_epoch)
