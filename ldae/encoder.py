@@ -72,10 +72,10 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
         Weight of the stage-3 penalty on correlated embedding dimensions
         (:func:`ldae.representation.code_correlation_penalty`); 0 trains the plain
         PDAE objective.
-    encoder_warmup_epochs : int, optional
-        First stage-3 epochs during which the semantic encoder keeps its initial
-        weights and only the gradient estimator trains, learning to read the code
-        before the encoder starts following its gradient.
+    encoder_warmup_fraction : float, optional
+        Fraction of the stage-3 epochs, at their start, during which the semantic
+        encoder keeps its initial weights and only the gradient estimator trains,
+        learning to read the code before the encoder starts following its gradient.
     ae_channels, unet_channels : tuple of int, optional
         Channels per level of the autoencoder and of the latent denoiser.
     latent_channels : int, optional
@@ -158,7 +158,7 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
         embedding_dim=None,
         semantic_encoder=None,
         code_decorrelation=None,
-        encoder_warmup_epochs=None,
+        encoder_warmup_fraction=None,
         ae_channels=None,
         latent_channels=None,
         unet_channels=None,
@@ -187,7 +187,7 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
         self.embedding_dim = embedding_dim
         self.semantic_encoder = semantic_encoder
         self.code_decorrelation = code_decorrelation
-        self.encoder_warmup_epochs = encoder_warmup_epochs
+        self.encoder_warmup_fraction = encoder_warmup_fraction
         self.ae_channels = ae_channels
         self.latent_channels = latent_channels
         self.unet_channels = unet_channels
@@ -550,7 +550,7 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
             embedding_dim=self.embedding_dim,
             semantic_encoder=self.semantic_encoder,
             code_decorrelation=self.code_decorrelation,
-            encoder_warmup_epochs=self.encoder_warmup_epochs,
+            encoder_warmup_fraction=self.encoder_warmup_fraction,
             ae_channels=self.ae_channels,
             latent_channels=self.latent_channels,
             unet_channels=self.unet_channels,

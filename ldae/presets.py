@@ -45,7 +45,7 @@ class ModelConfig:
     encoder_channels: tuple = (32, 64)
     embedding_dim: int = 32
     code_decorrelation: float = 0.0
-    encoder_warmup_epochs: int = 0
+    encoder_warmup_fraction: float = 0.0
     # training
     ae_epochs: int = 3
     diffusion_epochs: int = 5
@@ -76,7 +76,7 @@ PRESETS = {
         ae_channels=(16, 32, 32),
         latent_channels=8,
         code_decorrelation=1e-3,
-        encoder_warmup_epochs=15,
+        encoder_warmup_fraction=0.5,
         unet_channels=(64, 128),
         encoder_channels=(64, 128),
         embedding_dim=64,
@@ -169,10 +169,10 @@ def _validate(config):
     for name in ("ae_epochs", "diffusion_epochs", "representation_epochs"):
         if getattr(config, name) < 0:
             raise InputError(f"{name}={getattr(config, name)} must not be negative")
-    if not 0 <= config.encoder_warmup_epochs <= config.representation_epochs:
+    if not (isinstance(config.encoder_warmup_fraction, Real)
+            and 0 <= config.encoder_warmup_fraction <= 1):
         raise InputError(
-            f"encoder_warmup_epochs={config.encoder_warmup_epochs} must be between 0 and "
-            f"representation_epochs={config.representation_epochs}")
+            f"encoder_warmup_fraction={config.encoder_warmup_fraction} must be between 0 and 1")
     if not (isinstance(config.code_decorrelation, Real) and 0 <= config.code_decorrelation < inf):
         raise InputError(f"code_decorrelation={config.code_decorrelation} must be a number >= 0")
     if config.ddim_steps > 1000:

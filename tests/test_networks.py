@@ -201,7 +201,7 @@ def test_pdae_training_updates_only_encoder_and_estimator(unet):
 
 
 def test_encoder_warmup_trains_only_the_estimator_in_its_epochs(unet):
-    config = replace(resolve_config("tiny"), representation_epochs=2, encoder_warmup_epochs=1)
+    config = replace(resolve_config("tiny"), representation_epochs=2, encoder_warmup_fraction=0.5)
     encoder = LatentSemanticEncoder(channels=(16, 32), embedding_dim=16)
     estimator = GradientEstimator(unet, embedding_dim=16)
     stage = representation_stage(unet, estimator, encoder, NoiseSchedule(), config,
@@ -227,10 +227,9 @@ def test_encoder_warmup_trains_only_the_estimator_in_its_epochs(unet):
     assert not unchanged(encoder_after_warmup, encoder.parameters())
 
 
-def test_encoder_warmup_must_fit_in_the_representation_epochs():
-    with pytest.raises(InputError, match="encoder_warmup_epochs=6 must be between 0 and "
-                                         "representation_epochs=5"):
-        resolve_config("tiny", encoder_warmup_epochs=6)
+def test_encoder_warmup_fraction_must_lie_between_0_and_1():
+    with pytest.raises(InputError, match="encoder_warmup_fraction=1.5 must be between 0 and 1"):
+        resolve_config("tiny", encoder_warmup_fraction=1.5)
 
 
 def test_pdae_loss_matches_its_definition(unet):

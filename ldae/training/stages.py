@@ -142,7 +142,7 @@ def representation_stage(unet, estimator, semantic_encoder, schedule, config, de
         # code (own and shuffled codes give the same loss); against a fixed code it
         # does. A zero learning rate keeps the encoder's graph, so every process of a
         # data-parallel fit averages the same gradients.
-        warming_up = epoch < config.encoder_warmup_epochs
+        warming_up = epoch < round(config.encoder_warmup_fraction * config.representation_epochs)
         optimizer.param_groups[0]["lr"] = 0.0 if warming_up else config.representation_lr
 
     return Stage("representation", step, evaluate, state, config.representation_epochs,
