@@ -136,6 +136,7 @@ def representation_stage(unet, estimator, semantic_encoder, schedule, config, de
 
     state = {"semantic_encoder": semantic_encoder, "estimator": estimator, "optimizer": optimizer,
              "semantic_encoder_ema": encoder_average, "estimator_ema": estimator_average}
+
     def begin_epoch(epoch):
         # Trained jointly from the start, G_ψ spends its updates on the code-independent
         # correction of the frozen denoiser and never comes to read the still-changing
