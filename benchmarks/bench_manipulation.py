@@ -146,6 +146,7 @@ def main(argv=None):
         "spearman_alpha_vs_volume_per_scan": [_number(value) for value in rank],
         "probe_decision_mean_by_alpha": decision.mean(axis=1).tolist(),
         "probe_decision_increasing_for_all_scans": bool(np.all(np.diff(decision, axis=0) > 0)),
+        "scans_with_probe_decision_increasing": int(np.all(np.diff(decision, axis=0) > 0, axis=0).sum()),
         "machine": {"python": platform.python_version(), "torch": torch.__version__,
                     "threads": torch.get_num_threads()},
     }
@@ -190,7 +191,8 @@ def _write(result, moved, alphas, encoder, quick):
         "Spearman(alpha, measure) per scan: "
         + ", ".join(_text(value, ".2f") for value in result["spearman_alpha_vs_volume_per_scan"])
         + f". Probe decision increasing with alpha for every scan: "
-        f"{result['probe_decision_increasing_for_all_scans']}.", "",
+        f"{result['probe_decision_increasing_for_all_scans']} "
+        f"({result['scans_with_probe_decision_increasing']} of {result['manipulated_scans']}).", "",
         f"Fit {result['fit_seconds']:.0f} s, manipulation {result['manipulate_seconds']:.0f} s "
         f"({result['machine']['threads']} threads). Figure: `{name}.png`.",
     ]
