@@ -40,6 +40,7 @@ from ldae.probes import probe_embeddings
 from ldae.representation import calibrate_code_statistics, pdae_loss
 
 OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
+UNTRAINED = "LDAE encoder untrained"
 
 
 def main(argv=None):
@@ -66,7 +67,7 @@ def main(argv=None):
                 "AE latent (all values)": latents.reshape(len(latents), -1),
                 "voxel DAE": voxel_dae.transform(images)}
     if encoder.config_.semantic_encoder == "latent":
-        features["LDAE encoder untrained"] = untrained_codes(encoder, latents, args.random_state)
+        features[UNTRAINED] = untrained_codes(encoder, latents, args.random_state)
     start = time.perf_counter()
     probes = probe_embeddings(features, frame, voxels=images,
                               fold_encoders={"supervised (per fold)": supervised},
@@ -102,7 +103,7 @@ def main(argv=None):
     # the supervised encoder sees the labels: an upper line, not a baseline to beat
     # and the untrained encoder is a control for stage 3, reported on its own line
     baselines = [model for model in summary["ad_vs_cn"]
-                 if model not in ("LDAE", "supervised (per fold)", "LDAE encoder untrained")]
+                 if model not in ("LDAE", "supervised (per fold)", UNTRAINED)]
     result["target_auc_0.90_met"] = auc >= 0.90
     result["beats_baselines_on_auc"] = all(
         auc > summary["ad_vs_cn"][model]["roc_auc"]["mean"] for model in baselines)
@@ -137,8 +138,8 @@ def main(argv=None):
         f"{gain['shuffled codes']:.5f}.", "",
         f"Effective rank of the LDAE embedding: {result['ldae_effective_rank']:.1f} of "
         f"{features['LDAE'].shape[1]} dimensions.", ""]
-    if "LDAE encoder untrained" in summary["ad_vs_cn"]:
-        untrained = summary["ad_vs_cn"]["LDAE encoder untrained"]["roc_auc"]["mean"]
+    if UNTRAINED in summary["ad_vs_cn"]:
+        untrained = summary["ad_vs_cn"][UNTRAINED]["roc_auc"]["mean"]
         markdown[-1:-1] = [f"ROC-AUC gained by stage 3 over the untrained semantic encoder: "
                            f"{auc - untrained:+.3f}.", ""]
     write_atomically(OUTPUT / f"{name}.md",

@@ -1,4 +1,4 @@
-"""Autoencoder, latent UNet, gradient estimator, semantic encoders and the PDAE loss."""
+"""Autoencoder, latent UNet, gradient estimator, semantic encoders, the PDAE loss and stage-3 training."""
 
 from dataclasses import replace
 

@@ -106,10 +106,12 @@ def representation_stage(unet, estimator, semantic_encoder, schedule, config, de
     Batches are ``(z0,)`` for an encoder over latents, ``(z0, volume)`` for one over images.
     """
     unet.requires_grad_(False).eval()
-    parameters = [*semantic_encoder.parameters(), *estimator.parameters()]
-    optimizer = torch.optim.Adam([{"params": list(semantic_encoder.parameters())},
-                                  {"params": list(estimator.parameters())}],
+    encoder_parameters, estimator_parameters = (list(semantic_encoder.parameters()),
+                                                list(estimator.parameters()))
+    parameters = encoder_parameters + estimator_parameters
+    optimizer = torch.optim.Adam([{"params": encoder_parameters}, {"params": estimator_parameters}],
                                  lr=config.representation_lr)
+    warmup_epochs = round(config.encoder_warmup_fraction * config.representation_epochs)
     encoder_average = exponential_moving_average(semantic_encoder, config.ema_decay)
     estimator_average = exponential_moving_average(estimator, config.ema_decay)
 
@@ -143,8 +145,7 @@ def representation_stage(unet, estimator, semantic_encoder, schedule, config, de
         # code (own and shuffled codes give the same loss); against a fixed code it
         # does. A zero learning rate keeps the encoder's graph, so every process of a
         # data-parallel fit averages the same gradients.
-        warming_up = epoch < round(config.encoder_warmup_fraction * config.representation_epochs)
-        optimizer.param_groups[0]["lr"] = 0.0 if warming_up else config.representation_lr
+        optimizer.param_groups[0]["lr"] = 0.0 if epoch < warmup_epochs else config.representation_lr
 
     return Stage("representation", step, evaluate, state, config.representation_epochs,
                  averages={"semantic_encoder": encoder_average, "estimator": estimator_average},
