@@ -18,8 +18,10 @@ measure on the real scans.
 
     python benchmarks/bench_manipulation.py            # 60 subjects
     python benchmarks/bench_manipulation.py --quick    # 20 subjects, fewer epochs
+    python benchmarks/bench_manipulation.py --random-state 1   # another cohort and fit
 
-Writes docs/benchmarks/manipulation[_quick].json, .md and .png.
+Writes docs/benchmarks/manipulation[_quick][_seed<N>].json, .md and .png (no
+suffix for seed 0).
 """
 
 import argparse
@@ -113,7 +115,8 @@ def main(argv=None):
     rank = [stats.spearmanr(STEPS_IN_GAPS, volumes[:, i]).statistic if np.ptp(volumes[:, i]) > 0
             else np.nan for i in range(len(chosen))]
     result = {
-        "command": "python benchmarks/bench_manipulation.py" + (" --quick" if args.quick else ""),
+        "command": "python benchmarks/bench_manipulation.py" + (" --quick" if args.quick else "")
+                   + (f" --random-state {args.random_state}" if args.random_state else ""),
         "subjects": int(frame.subject.nunique()),
         "scans": len(frame),
         "manipulated_scans": int(len(chosen)),
@@ -150,12 +153,13 @@ def main(argv=None):
         "machine": {"python": platform.python_version(), "torch": torch.__version__,
                     "threads": torch.get_num_threads()},
     }
-    _write(result, moved, alphas, encoder, args.quick)
+    name = "manipulation" + ("_quick" if args.quick else "") + (
+        f"_seed{args.random_state}" if args.random_state else "")
+    _write(result, moved, encoder, name)
     return 0
 
 
-def _write(result, moved, alphas, encoder, quick):
-    name = "manipulation_quick" if quick else "manipulation"
+def _write(result, moved, encoder, name):
     OUTPUT.mkdir(parents=True, exist_ok=True)
     (OUTPUT / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     plot_manipulation(moved[STEPS_IN_GAPS.index(0), 0], moved[:, 0], result["alpha_in_gaps"],
