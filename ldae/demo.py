@@ -40,7 +40,7 @@ from .stats import bootstrap_ci
 DEMO_SHAPE = (32, 40, 32)
 FULL = dict(n_subjects=60, ddim_steps=20, overrides={})
 # --quick trains fewer epochs on a third of the subjects and decodes with fewer DDIM
-# steps: a smoke run of the whole path in under 2 minutes, not a result.
+# steps: a smoke run of the whole path in about 2 minutes on 2 cores, not a result.
 QUICK = dict(n_subjects=20, ddim_steps=10,
              overrides=dict(ae_epochs=4, diffusion_epochs=10, representation_epochs=10))
 MANIPULATION_GAPS = (-2, -1, 0, 1, 2)
