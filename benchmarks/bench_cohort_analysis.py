@@ -36,6 +36,7 @@ import torch
 from sklearn.decomposition import PCA
 
 from ldae import LDAEEncoder
+from ldae._files import write_atomically
 from ldae.cohort_map import cohort_map, plot_cohort_map
 from ldae.datasets import make_synthetic_cohort
 from ldae.model_selection import markdown_table
@@ -108,9 +109,10 @@ def main(argv=None):
         "machine": {"python": platform.python_version(), "torch": torch.__version__,
                     "threads": torch.get_num_threads()},
     }
-    (OUTPUT / f"{name}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    write_atomically(OUTPUT / f"{name}.json", lambda temporary: temporary.write_text(
+        json.dumps(result, indent=2, default=str) + "\n"))
     markdown = report(result, quality, retrieval, example, sites, name)
-    (OUTPUT / f"{name}.md").write_text(markdown)
+    write_atomically(OUTPUT / f"{name}.md", lambda temporary: temporary.write_text(markdown))
     print(markdown)
     return 0
 

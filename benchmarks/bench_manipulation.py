@@ -39,6 +39,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from ldae import LDAEEncoder
+from ldae._files import write_atomically
 from ldae.datasets import make_synthetic_cohort
 from ldae.datasets._template import VENTRICLES, template_on_grid
 from ldae.demo import DEMO_SHAPE, FULL, QUICK
@@ -161,7 +162,8 @@ def main(argv=None):
 
 def _write(result, moved, encoder, name):
     OUTPUT.mkdir(parents=True, exist_ok=True)
-    (OUTPUT / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_atomically(OUTPUT / f"{name}.json",
+                     lambda temporary: temporary.write_text(json.dumps(result, indent=2) + "\n"))
     plot_manipulation(moved[STEPS_IN_GAPS.index(0), 0], moved[:, 0], result["alpha_in_gaps"],
                       affine=encoder.affine_, output_file=OUTPUT / f"{name}.png",
                       title="first CN scan moved toward AD (alpha in AD − CN gaps)")
@@ -200,7 +202,8 @@ def _write(result, moved, encoder, name):
         f"Fit {result['fit_seconds']:.0f} s, manipulation {result['manipulate_seconds']:.0f} s "
         f"({result['machine']['threads']} threads). Figure: `{name}.png`.",
     ]
-    (OUTPUT / f"{name}.md").write_text("\n".join(lines) + "\n")
+    write_atomically(OUTPUT / f"{name}.md",
+                     lambda temporary: temporary.write_text("\n".join(lines) + "\n"))
     print("\n".join(lines))
 
 
