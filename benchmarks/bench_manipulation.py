@@ -109,6 +109,7 @@ def main(argv=None):
     volumes = ventricle_volume(moved, mask, voxel_ml)  # (n_alphas, n_scans)
     decision = probe.decision_function(
         encoder.transform(moved.reshape(-1, *DEMO_SHAPE))).reshape(volumes.shape)
+    rising = np.all(np.diff(decision, axis=0) > 0, axis=0)  # per scan
 
     zero, top = STEPS_IN_GAPS.index(0), STEPS_IN_GAPS.index(2)
     change = volumes[top] - volumes[zero]
@@ -149,8 +150,8 @@ def main(argv=None):
                                    "t": _number(test.statistic), "pvalue": _number(test.pvalue)},
         "spearman_alpha_vs_volume_per_scan": [_number(value) for value in rank],
         "probe_decision_mean_by_alpha": decision.mean(axis=1).tolist(),
-        "probe_decision_increasing_for_all_scans": bool(np.all(np.diff(decision, axis=0) > 0)),
-        "scans_with_probe_decision_increasing": int(np.all(np.diff(decision, axis=0) > 0, axis=0).sum()),
+        "probe_decision_increasing_for_all_scans": bool(rising.all()),
+        "scans_with_probe_decision_increasing": int(rising.sum()),
         "machine": {"python": platform.python_version(), "torch": torch.__version__,
                     "threads": torch.get_num_threads()},
     }
