@@ -35,12 +35,13 @@ from .training.stages import (
     autoencoder_stage,
     diffusion_stage,
     encode_latents,
+    mean_volume,
     representation_stage,
 )
 
 NETWORKS = ("autoencoder_", "unet_", "semantic_encoder_", "estimator_")
 FILE_FORMAT = "ldae.LDAEEncoder"
-FILE_VERSION = 1
+FILE_VERSION = 2
 
 
 class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -76,6 +77,13 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
         Fraction of the stage-3 epochs, at their start, during which the semantic
         encoder keeps its initial weights and only the gradient estimator trains,
         learning to read the code before the encoder starts following its gradient.
+    ae_template : bool, optional
+        True: stage 1 codes each scan's deviation from the mean training scan (kept
+        with the weights), so the latent spends its values on what differs between
+        scans; False: the paper's plain AutoencoderKL.
+    lr_schedule : {"constant", "cosine"}, optional
+        Learning rate of every stage over its steps: constant (the paper), or a
+        short warm-up then a cosine decay to 0, which ends a fixed budget converged.
     ae_channels, unet_channels : tuple of int, optional
         Channels per level of the autoencoder and of the latent denoiser.
     latent_channels : int, optional
@@ -159,6 +167,8 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
         semantic_encoder=None,
         code_decorrelation=None,
         encoder_warmup_fraction=None,
+        ae_template=None,
+        lr_schedule=None,
         ae_channels=None,
         latent_channels=None,
         unet_channels=None,
@@ -188,6 +198,8 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
         self.semantic_encoder = semantic_encoder
         self.code_decorrelation = code_decorrelation
         self.encoder_warmup_fraction = encoder_warmup_fraction
+        self.ae_template = ae_template
+        self.lr_schedule = lr_schedule
         self.ae_channels = ae_channels
         self.latent_channels = latent_channels
         self.unet_channels = unet_channels
@@ -280,11 +292,15 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
 
         torch.manual_seed(seed)
         autoencoder = _build_autoencoder(config).to(device)
+        train_loader = loaders.volumes(dataset, train_index)
+        if config.ae_template:
+            autoencoder.set_template(mean_volume(loaders.in_order(Subset(dataset, train_index)),
+                                                 device))
         self._run_stage(
             {"autoencoder": autoencoder},
-            lambda: autoencoder_stage(autoencoder, config, device, dtype),
-            loaders.volumes(dataset, train_index), loaders.volumes(dataset, val_index),
-            checkpoints, device, seed,
+            lambda: autoencoder_stage(autoencoder, config, device, dtype,
+                                      steps_per_epoch=len(train_loader)),
+            train_loader, loaders.volumes(dataset, val_index), checkpoints, device, seed,
         )
         with latent_array((len(dataset), *config.latent_shape), self.cache_dir) as z0:
             encode_latents(autoencoder, loaders.in_order(dataset), device,
@@ -301,22 +317,24 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
         config = self.config_
         torch.manual_seed(seed + 1)
         unet = _build_unet(config).to(device)
+        train_loader = loaders.tensors(z0, train_index)
         self._run_stage(
-            {"unet": unet}, lambda: diffusion_stage(unet, schedule, config, device, dtype),
-            loaders.tensors(z0, train_index), loaders.tensors(z0, val_index),
-            checkpoints, device, seed,
+            {"unet": unet},
+            lambda: diffusion_stage(unet, schedule, config, device, dtype,
+                                    steps_per_epoch=len(train_loader)),
+            train_loader, loaders.tensors(z0, val_index), checkpoints, device, seed,
         )
 
         torch.manual_seed(seed + 2)
         semantic_encoder = _build_semantic_encoder(config).to(device)
         estimator = GradientEstimator(unet, config.embedding_dim).to(device)
         image_input = config.semantic_encoder == "slice"
+        train_loader = loaders.pairs(z0, dataset, train_index, image_input)
         self._run_stage(
             {"semantic_encoder": semantic_encoder, "estimator": estimator},
             lambda: representation_stage(unet, estimator, semantic_encoder, schedule, config,
-                                         device, dtype),
-            loaders.pairs(z0, dataset, train_index, image_input),
-            loaders.pairs(z0, dataset, val_index, image_input),
+                                         device, dtype, steps_per_epoch=len(train_loader)),
+            train_loader, loaders.pairs(z0, dataset, val_index, image_input),
             checkpoints, device, seed,
         )
         calibrate_code_statistics(semantic_encoder, _encoder_inputs(
@@ -467,6 +485,11 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
         if payload["version"] > FILE_VERSION:
             raise CheckpointError(
                 f"{path} was written by a newer ldae (file version {payload['version']})")
+        if payload["version"] < FILE_VERSION:
+            raise CheckpointError(
+                f"{path} was written by an older ldae (file version {payload['version']}) whose "
+                "networks this version cannot run (its gradient estimator read the code "
+                "differently); fit the model again")
         model = cls(**payload["params"])
         if model.preprocessing is None or isinstance(model.preprocessing, dict):
             model.preprocessing = None
@@ -551,6 +574,8 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
             semantic_encoder=self.semantic_encoder,
             code_decorrelation=self.code_decorrelation,
             encoder_warmup_fraction=self.encoder_warmup_fraction,
+            ae_template=self.ae_template,
+            lr_schedule=self.lr_schedule,
             ae_channels=self.ae_channels,
             latent_channels=self.latent_channels,
             unet_channels=self.unet_channels,
@@ -678,7 +703,8 @@ def _encoder_inputs(latents, dataset, index, image_input, batch_size, device):
 def _build_autoencoder(config):
     return build_autoencoder(channels=config.ae_channels, num_res_blocks=config.ae_res_blocks,
                              latent_channels=config.latent_channels,
-                             norm_num_groups=config.ae_norm_groups)
+                             norm_num_groups=config.ae_norm_groups,
+                             template_shape=config.image_shape if config.ae_template else None)
 
 
 def _build_unet(config):

@@ -20,6 +20,7 @@ from math import inf
 from numbers import Real
 
 from .exceptions import InputError
+from .training.learning_rate import LR_SCHEDULES
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class ModelConfig:
     ae_res_blocks: int = 1
     ae_norm_groups: int = 8
     latent_channels: int = 3
+    ae_template: bool = True
     kl_weight: float = 1e-7
     adversarial_weight: float = 0.0
     # stage 2: latent denoiser
@@ -54,6 +56,7 @@ class ModelConfig:
     ae_lr: float = 1e-3
     diffusion_lr: float = 1e-3
     representation_lr: float = 1e-3
+    lr_schedule: str = "cosine"
     ema_decay: float = 0.999
     # inference
     ddim_steps: int = 10
@@ -75,8 +78,7 @@ PRESETS = {
     "small": ModelConfig(
         ae_channels=(16, 32, 32),
         latent_channels=8,
-        code_decorrelation=1e-3,
-        encoder_warmup_fraction=0.5,
+        encoder_warmup_fraction=0.25,
         unet_channels=(64, 128),
         encoder_channels=(64, 128),
         embedding_dim=64,
@@ -94,6 +96,7 @@ PRESETS = {
         ae_channels=(64, 128, 128, 128),
         ae_res_blocks=2,
         ae_norm_groups=32,
+        ae_template=False,
         adversarial_weight=0.025,
         unet_channels=(256, 512, 768),
         unet_res_blocks=2,
@@ -110,6 +113,7 @@ PRESETS = {
         ae_lr=1e-4,
         diffusion_lr=1e-4,
         representation_lr=1e-4,
+        lr_schedule="constant",
         ddim_steps=100,
     ),
 }
@@ -153,6 +157,8 @@ def _validate(config):
             f"image_shape={config.image_shape} must divide by {factor}, the autoencoder's "
             f"downsampling factor for ae_channels={config.ae_channels}"
         )
+    if config.lr_schedule not in LR_SCHEDULES:
+        raise InputError(f"lr_schedule={config.lr_schedule!r} is not one of {LR_SCHEDULES}")
     if config.semantic_encoder not in SEMANTIC_ENCODERS:
         raise InputError(
             f"semantic_encoder={config.semantic_encoder!r} is not one of {SEMANTIC_ENCODERS}"

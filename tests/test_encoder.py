@@ -18,6 +18,7 @@ from sklearn.utils.estimator_checks import estimator_checks_generator
 from ldae import LDAEEncoder
 from ldae.datasets import make_synthetic_cohort
 from ldae.exceptions import CheckpointError, InputError
+from ldae.imaging import as_volume_dataset
 from ldae.training import latents, stages
 
 FAST = dict(preset="tiny", ae_epochs=2, diffusion_epochs=2, representation_epochs=2)
@@ -250,6 +251,30 @@ def test_history_and_validation_on_held_out_subjects(cohort):
         assert np.isfinite(history["loss"]).all()
     held_out = len(cohort.images) - model.n_scans_
     assert 0 < held_out < len(cohort.images)
+
+
+def test_autoencoder_codes_deviations_from_the_mean_training_scan(cohort, fitted):
+    template = fitted.autoencoder_.template[0, 0].numpy()
+    scans = as_volume_dataset(cohort.images, fitted.preprocessing_)
+    mean = np.mean([scans[i] for i in range(len(scans))], axis=0)
+    np.testing.assert_allclose(template, mean, atol=1e-6)
+    plain = LDAEEncoder(**FAST, ae_template=False, random_state=0).fit(cohort.images[:4])
+    assert not hasattr(plain.autoencoder_, "template")
+
+
+def test_zero_representation_epochs_give_the_untrained_control_of_the_same_fit(cohort, fitted):
+    control = LDAEEncoder(**{**FAST, "representation_epochs": 0}, random_state=0).fit(cohort.images)
+    for name in ("autoencoder_", "unet_"):  # the same stages 1 and 2 ...
+        for key, value in getattr(fitted, name).state_dict().items():
+            assert torch.equal(value, getattr(control, name).state_dict()[key]), (name, key)
+    again = LDAEEncoder(**{**FAST, "representation_epochs": 0}, random_state=0).fit(cohort.images)
+    trained, untrained = (dict(model.semantic_encoder_.named_parameters()) for model in (fitted, control))
+    # ... and the encoder's initial weights, which stage 3 then changed
+    assert all(torch.equal(value, dict(again.semantic_encoder_.named_parameters())[key])
+               for key, value in untrained.items())
+    assert any(not torch.equal(value, trained[key]) for key, value in untrained.items())
+    codes = control.transform(cohort.images)
+    assert codes.shape == (len(cohort.images), control.config_.embedding_dim) and np.isfinite(codes).all()
 
 
 # -------------------------------------------------------- pipelines & resume

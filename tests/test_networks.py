@@ -2,6 +2,7 @@
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 from ldae.autoencoder import AdversarialTerm, autoencoder_loss, build_autoencoder, kl_divergence
@@ -20,6 +21,7 @@ from ldae.representation import (
     unet_head,
 )
 from ldae.training.loop import train_stage
+from ldae.training.learning_rate import learning_rate_schedule
 from ldae.training.stages import representation_stage
 
 LATENT = (3, 8, 10, 8)
@@ -156,7 +158,15 @@ def test_gradient_estimator_starts_at_zero_and_owns_only_its_copies(unet):
     assert prefixes == {"middle_block", "up_blocks", "out", "embedding_projection"}
     unet_parameters = {id(p) for p in unet.parameters()}
     assert not any(id(p) in unet_parameters for p in estimator.parameters())
-    torch.testing.assert_close(estimator.up_blocks.state_dict(), unet.up_blocks.state_dict(), rtol=0, atol=0)
+    copied = {key.replace("norm2.norm.", "norm2."): value
+              for key, value in estimator.up_blocks.state_dict().items() if "scale_shift" not in key}
+    torch.testing.assert_close(copied, unet.up_blocks.state_dict(), rtol=0, atol=0)
+    # every residual block of the decoder half reads the code (AdaGN), not only the first
+    resnets = [m for m in unet.modules() if hasattr(m, "time_emb_proj")]
+    decoder_resnets = [m for block in (unet.middle_block, *unet.up_blocks)
+                       for m in block.modules() if hasattr(m, "time_emb_proj")]
+    modulated = [key for key in estimator.state_dict() if key.endswith("scale_shift.weight")]
+    assert len(modulated) == len(decoder_resnets) and 0 < len(decoder_resnets) < len(resnets)
     from_frozen = GradientEstimator(unet.requires_grad_(False), embedding_dim=16)
     assert all(p.requires_grad for p in from_frozen.parameters())
 
@@ -204,27 +214,46 @@ def test_encoder_warmup_trains_only_the_estimator_in_its_epochs(unet):
     config = replace(resolve_config("tiny"), representation_epochs=2, encoder_warmup_fraction=0.5)
     encoder = LatentSemanticEncoder(channels=(16, 32), embedding_dim=16)
     estimator = GradientEstimator(unet, embedding_dim=16)
-    stage = representation_stage(unet, estimator, encoder, NoiseSchedule(), config,
-                                 torch.device("cpu"), None)
-    weights_at_epoch_start = []
-    begin_epoch = stage.begin_epoch
-
-    def snapshot_then_begin(epoch):
-        weights_at_epoch_start.append([[p.detach().clone() for p in network.parameters()]
-                                       for network in (encoder, estimator)])
-        begin_epoch(epoch)
-
-    stage.begin_epoch = snapshot_then_begin
     batches = [(latents(4, seed=seed),) for seed in range(2)]
+    stage = representation_stage(unet, estimator, encoder, NoiseSchedule(), config,
+                                 torch.device("cpu"), None, steps_per_epoch=len(batches))
+    weights_before_step = []
+    step = stage.step
+
+    def snapshot_then_step(batch, generator):
+        weights_before_step.append([[p.detach().clone() for p in network.parameters()]
+                                    for network in (encoder, estimator)])
+        return step(batch, generator)
+
+    stage.step = snapshot_then_step
     train_stage(stage, batches, generator=torch.Generator().manual_seed(0))
 
     def unchanged(before, after):
         return all(torch.equal(a, b) for a, b in zip(before, after))
 
-    (encoder_initial, estimator_initial), (encoder_after_warmup, _) = weights_at_epoch_start
+    (encoder_initial, estimator_initial) = weights_before_step[0]
+    encoder_after_warmup = weights_before_step[len(batches)][0]
     assert unchanged(encoder_initial, encoder_after_warmup)
     assert not unchanged(estimator_initial, estimator.parameters())
     assert not unchanged(encoder_after_warmup, encoder.parameters())
+
+
+def test_cosine_schedule_warms_up_decays_to_zero_and_holds_late_groups():
+    parameters = [torch.nn.Parameter(torch.zeros(1)) for _ in range(2)]
+    optimizer = torch.optim.SGD([{"params": parameters[:1]}, {"params": parameters[1:]}], lr=1.0)
+    scheduler = learning_rate_schedule(optimizer, "cosine", 100, start_steps=[50, 0])
+    rates = []
+    for _ in range(100):
+        rates.append([group["lr"] for group in optimizer.param_groups])
+        optimizer.step()
+        scheduler.step()
+    first, second = np.array(rates).T
+    assert np.all(first[:50] == 0) and first[50] > 0 and first.max() == pytest.approx(1.0)
+    assert second[0] < second[5] == pytest.approx(1.0)  # 5 warm-up steps
+    assert np.all(np.diff(second[5:]) <= 0) and second[-1] < 0.01
+    constant = learning_rate_schedule(optimizer, "constant", 100)
+    assert [group["lr"] for group in optimizer.param_groups] == [1.0, 1.0]
+    assert constant.get_last_lr() == [1.0, 1.0]
 
 
 def test_encoder_warmup_fraction_must_lie_between_0_and_1():
@@ -344,3 +373,19 @@ def test_paper_size_networks_construct():
     level_attention = [bool(attention_modules(block)) for block in unet.down_blocks]
     assert level_attention == [False, True, True]
     check_latent_shape((3, 16, 20, 16), (256, 512, 768), attention_levels=(False, True, True), num_head_channels=64)
+
+
+def test_template_autoencoder_codes_the_deviation_from_its_template():
+    torch.manual_seed(0)
+    plain = build_autoencoder(channels=(8, 16), latent_channels=2)
+    templated = build_autoencoder(channels=(8, 16), latent_channels=2, template_shape=(8, 8, 8))
+    templated.load_state_dict({**plain.state_dict(), "template": torch.zeros(1, 1, 8, 8, 8)})
+    x = torch.rand(2, 1, 8, 8, 8)
+    # a zero template is the plain AutoencoderKL
+    torch.testing.assert_close(templated.encode(x)[0], plain.encode(x)[0])
+    template = torch.rand(8, 8, 8)
+    templated.set_template(template)
+    torch.testing.assert_close(templated.encode(x)[0], plain.encode(x - template)[0])
+    z = torch.randn(2, 2, 4, 4, 4)
+    torch.testing.assert_close(templated.decode(z), plain.decode(z) + template)
+    assert torch.equal(templated.state_dict()["template"][0, 0], template)

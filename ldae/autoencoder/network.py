@@ -1,5 +1,6 @@
 """The 3D AutoencoderKL of stage 1 (volume <-> latent)."""
 
+import torch
 from monai.networks.nets import AutoencoderKL
 
 from ..exceptions import InputError
@@ -33,7 +34,41 @@ def check_network_widths(channels, norm_num_groups):
         )
 
 
-def build_autoencoder(*, channels=(8, 16, 32), num_res_blocks=1, latent_channels=3, norm_num_groups=8):
+class TemplateAutoencoderKL(AutoencoderKL):
+    """An AutoencoderKL that codes each volume's deviation from a template volume.
+
+    ``encode(x)`` encodes ``x − template`` and ``decode(z)`` adds the template back,
+    so the networks spend their capacity on what differs between scans rather than
+    on the anatomy they all share. The template (a buffer saved with the weights)
+    starts at zero, which is the plain AutoencoderKL; set it to the mean training
+    volume with :meth:`set_template` before training.
+
+    Parameters
+    ----------
+    image_shape : tuple of 3 int
+        Grid (D, H, W) of the volumes.
+    **kwargs
+        Arguments of :class:`monai.networks.nets.AutoencoderKL`.
+    """
+
+    def __init__(self, image_shape, **kwargs):
+        super().__init__(**kwargs)
+        self.register_buffer("template", torch.zeros(1, 1, *image_shape))
+
+    def set_template(self, volume):
+        """Use ``volume`` (shape (D, H, W) or (1, 1, D, H, W)) as the template."""
+        self.template.copy_(torch.as_tensor(volume).reshape(self.template.shape))
+
+    def encode(self, x):
+        return super().encode(x - self.template.to(x.dtype))
+
+    def decode(self, z):
+        decoded = super().decode(z)
+        return decoded + self.template.to(decoded.dtype)
+
+
+def build_autoencoder(*, channels=(8, 16, 32), num_res_blocks=1, latent_channels=3, norm_num_groups=8,
+                      template_shape=None):
     """Build the single-channel 3D AutoencoderKL, without any attention block.
 
     The latent is 2 ** (len(channels) − 1) times smaller than the volume along every
@@ -50,6 +85,9 @@ def build_autoencoder(*, channels=(8, 16, 32), num_res_blocks=1, latent_channels
         Channels of the latent.
     norm_num_groups : int, default=8
         GroupNorm groups; must divide every width.
+    template_shape : tuple of 3 int, optional
+        Grid (D, H, W) of the volumes: builds a :class:`TemplateAutoencoderKL`, which
+        codes each volume's deviation from a template (zero until set).
 
     Returns
     -------
@@ -60,7 +98,11 @@ def build_autoencoder(*, channels=(8, 16, 32), num_res_blocks=1, latent_channels
     check_network_widths(channels, norm_num_groups)
     if int(latent_channels) != latent_channels or latent_channels < 1:
         raise InputError(f"latent_channels must be a positive integer, got {latent_channels!r}")
-    return AutoencoderKL(
+    network, extra = AutoencoderKL, {}
+    if template_shape is not None:
+        network, extra = TemplateAutoencoderKL, {"image_shape": tuple(template_shape)}
+    return network(
+        **extra,
         spatial_dims=3,
         in_channels=1,
         out_channels=1,

@@ -3,8 +3,9 @@
 MONAI's ``DiffusionModelUNet.forward`` is split in two halves: the encoder half
 (time embedding, input conv, down blocks) and the decoder half (middle block, up
 blocks, output block). G_ψ reads the frozen encoder half's features and runs a
-trainable copy of the decoder half, conditioned on the semantic code y through the
-time embedding, so one pass of the frozen encoder half serves both ε_θ and G_ψ.
+trainable copy of the decoder half, conditioned on the semantic code y by a scale and
+shift of the normalised features in every residual block (AdaGN, as in PDAE), so one
+pass of the frozen encoder half serves both ε_θ and G_ψ.
 """
 
 import copy
@@ -94,14 +95,40 @@ def unet_head(unet, features):
     return _run_decoder_half(unet.middle_block, unet.up_blocks, unet.out, *features)
 
 
+class _CodeModulatedNorm(nn.Module):
+    """AdaGN: (1 + s) · GN(h) + b, with (s, b) read from the code by a linear layer."""
+
+    def __init__(self, norm, code):
+        super().__init__()
+        self.norm = norm
+        self.code = code
+        self.scale_shift = nn.Linear(code.features, 2 * norm.num_channels)
+
+    def forward(self, h):
+        scale, shift = self.scale_shift(self.code.value).to(h.dtype).chunk(2, dim=1)
+        broadcast = (*scale.shape, *(1,) * (h.ndim - 2))
+        return self.norm(h) * (1 + scale.reshape(broadcast)) + shift.reshape(broadcast)
+
+
+class _Code:
+    """The projected code of the batch being estimated, shared by the modulated norms."""
+
+    def __init__(self, features):
+        self.features = features
+        self.value = None
+
+
 class GradientEstimator(nn.Module):
     """G_ψ(z_t, y, t): a trainable decoder half conditioned on the semantic code.
 
     Holds deep copies of the UNet's middle block, up blocks and output block,
     initialised from its weights, except that the output block's final convolution
-    is zero-initialised so that G ≡ 0 before training. y is projected to the time
-    embedding's size and added to it. The frozen UNet itself is not a submodule: the
-    state dict holds only the trainable parts.
+    is zero-initialised so that G ≡ 0 before training. y is projected (linear, SiLU)
+    and every residual block's second normalisation is modulated by it:
+    (1 + s) · GN(h) + b with (s, b) a linear function of the projection (AdaGN, the
+    conditioning of PDAE; a code that is only added to the time embedding becomes a
+    per-channel bias that G_ψ learns to ignore). The frozen UNet itself is not a
+    submodule: the state dict holds only the trainable parts.
 
     Parameters
     ----------
@@ -121,6 +148,11 @@ class GradientEstimator(nn.Module):
         nn.init.zeros_(final_conv.bias)
         time_embed_dim = unet.time_embed[-1].out_features
         self.embedding_projection = nn.Linear(int(embedding_dim), time_embed_dim)
+        self._code = _Code(time_embed_dim)
+        for block in (self.middle_block, *self.up_blocks):
+            for resnet in block.modules():
+                if hasattr(resnet, "time_emb_proj"):
+                    resnet.norm2 = _CodeModulatedNorm(resnet.norm2, self._code)
         # The copies inherit requires_grad=False from a frozen UNet.
         self.requires_grad_(True)
 
@@ -139,8 +171,12 @@ class GradientEstimator(nn.Module):
         torch.Tensor
             G, shape of the latents.
         """
-        emb = features.emb + self.embedding_projection(y).to(features.emb.dtype)
-        return _run_decoder_half(self.middle_block, self.up_blocks, self.out, features.h, features.skips, emb)
+        self._code.value = nn.functional.silu(self.embedding_projection(y))
+        try:
+            return _run_decoder_half(self.middle_block, self.up_blocks, self.out, features.h,
+                                     features.skips, features.emb)
+        finally:
+            self._code.value = None
 
 
 def shifted_eps(unet, estimator, z, t, y, schedule):

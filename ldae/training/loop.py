@@ -35,8 +35,6 @@ class Stage:
     averages : dict
         Network name -> AveragedModel whose EMA weights replace the trained ones
         once the stage completes.
-    begin_epoch : callable, optional
-        ``begin_epoch(epoch)``, called before each epoch (also a resumed one).
     """
 
     name: str
@@ -45,7 +43,6 @@ class Stage:
     state: dict
     epochs: int
     averages: dict = field(default_factory=dict)
-    begin_epoch: Callable = None
     history: dict = field(default_factory=lambda: {"loss": [], "val_loss": []})
 
 
@@ -92,8 +89,6 @@ def train_stage(stage, train_loader, val_loader=None, *, generator, checkpoints=
                     initial=start, total=stage.epochs, leave=verbose > 1)
     for epoch in progress:
         _start_epoch(train_loader, epoch)
-        if stage.begin_epoch is not None:
-            stage.begin_epoch(epoch)
         # Every process checks the same (averaged) loss, so all stop together.
         losses = [_checked(distributed.mean(stage.step(batch, generator), generator.device),
                            stage.name, epoch, step) for step, batch in enumerate(train_loader)]

@@ -13,6 +13,7 @@ from ..diffusion.loss import diffusion_loss
 from ..representation.pdae import pdae_loss
 from .device import autocast
 from .ema import exponential_moving_average
+from .learning_rate import learning_rate_schedule
 from .loop import Stage, optimisation_step
 
 
@@ -23,10 +24,23 @@ def as_volume_batch(batch, device):
     return batch.to(device, non_blocking=True).unsqueeze(1).float()
 
 
-def autoencoder_stage(autoencoder, config, device, dtype):
+@torch.no_grad()
+def mean_volume(loader, device):
+    """Voxel-wise mean (1, 1, D, H, W) of the volumes of ``loader``, in float32."""
+    total, count = 0.0, 0
+    for batch in loader:
+        volumes = as_volume_batch(batch, device)
+        total = total + volumes.sum(dim=0, keepdim=True)
+        count += len(volumes)
+    return total / max(count, 1)
+
+
+def autoencoder_stage(autoencoder, config, device, dtype, *, steps_per_epoch=1):
     """Stage 1: train ``autoencoder`` (already on ``device``) on volume batches."""
     optimizer = torch.optim.Adam(autoencoder.parameters(), lr=config.ae_lr)
-    state = {"autoencoder": autoencoder, "optimizer": optimizer}
+    scheduler = learning_rate_schedule(optimizer, config.lr_schedule,
+                                       config.ae_epochs * steps_per_epoch)
+    state = {"autoencoder": autoencoder, "optimizer": optimizer, "scheduler": scheduler}
     adversary = None
     if config.adversarial_weight > 0:
         adversary = AdversarialTerm(weight=config.adversarial_weight).to(device)
@@ -41,6 +55,7 @@ def autoencoder_stage(autoencoder, config, device, dtype):
             if adversary is not None:
                 loss = loss + adversary.generator_loss(reconstruction)
         optimisation_step(loss, optimizer, autoencoder.parameters())
+        scheduler.step()
         if adversary is not None:
             with autocast(device, dtype):
                 critic_loss = adversary.discriminator_loss(reconstruction, x)
@@ -76,9 +91,11 @@ def encode_latents(autoencoder, loader, device, dtype, out):
     return out
 
 
-def diffusion_stage(unet, schedule, config, device, dtype):
+def diffusion_stage(unet, schedule, config, device, dtype, *, steps_per_epoch=1):
     """Stage 2: train the latent denoiser ``unet`` on batches of scaled latents z0."""
     optimizer = torch.optim.Adam(unet.parameters(), lr=config.diffusion_lr)
+    scheduler = learning_rate_schedule(optimizer, config.lr_schedule,
+                                       config.diffusion_epochs * steps_per_epoch)
     average = exponential_moving_average(unet, config.ema_decay)
 
     def loss_of(batch, generator):
@@ -89,21 +106,28 @@ def diffusion_stage(unet, schedule, config, device, dtype):
         unet.train()
         loss = loss_of(batch, generator)
         optimisation_step(loss, optimizer, unet.parameters(), averages=[(average, unet)])
+        scheduler.step()
         return loss.item()
 
     def evaluate(batch, generator):
         unet.eval()
         return loss_of(batch, generator).item()
 
-    state = {"unet": unet, "optimizer": optimizer, "unet_ema": average}
+    state = {"unet": unet, "optimizer": optimizer, "scheduler": scheduler, "unet_ema": average}
     return Stage("diffusion", step, evaluate, state, config.diffusion_epochs,
                  averages={"unet": average})
 
 
-def representation_stage(unet, estimator, semantic_encoder, schedule, config, device, dtype):
+def representation_stage(unet, estimator, semantic_encoder, schedule, config, device, dtype, *,
+                         steps_per_epoch=1):
     """Stage 3: train ``semantic_encoder`` and ``estimator`` against the frozen ``unet``.
 
     Batches are ``(z0,)`` for an encoder over latents, ``(z0, volume)`` for one over images.
+    During the first ``config.encoder_warmup_fraction`` of the epochs the encoder's
+    learning rate is 0: trained jointly from the start, G_ψ spends its updates on the
+    code-independent correction of the frozen denoiser and never comes to read the
+    still-changing code; against a fixed code it does. A zero learning rate keeps the
+    encoder's graph, so every process of a data-parallel fit averages the same gradients.
     """
     unet.requires_grad_(False).eval()
     encoder_parameters, estimator_parameters = (list(semantic_encoder.parameters()),
@@ -111,7 +135,10 @@ def representation_stage(unet, estimator, semantic_encoder, schedule, config, de
     parameters = encoder_parameters + estimator_parameters
     optimizer = torch.optim.Adam([{"params": encoder_parameters}, {"params": estimator_parameters}],
                                  lr=config.representation_lr)
-    warmup_epochs = round(config.encoder_warmup_fraction * config.representation_epochs)
+    warmup_steps = round(config.encoder_warmup_fraction * config.representation_epochs) * steps_per_epoch
+    scheduler = learning_rate_schedule(optimizer, config.lr_schedule,
+                                       config.representation_epochs * steps_per_epoch,
+                                       start_steps=[warmup_steps, 0])
     encoder_average = exponential_moving_average(semantic_encoder, config.ema_decay)
     estimator_average = exponential_moving_average(estimator, config.ema_decay)
 
@@ -129,6 +156,7 @@ def representation_stage(unet, estimator, semantic_encoder, schedule, config, de
         optimisation_step(loss, optimizer, parameters,
                           averages=[(encoder_average, semantic_encoder),
                                     (estimator_average, estimator)])
+        scheduler.step()
         return loss.item()
 
     def evaluate(batch, generator):
@@ -137,16 +165,7 @@ def representation_stage(unet, estimator, semantic_encoder, schedule, config, de
         return loss_of(batch, generator).item()
 
     state = {"semantic_encoder": semantic_encoder, "estimator": estimator, "optimizer": optimizer,
-             "semantic_encoder_ema": encoder_average, "estimator_ema": estimator_average}
-
-    def begin_epoch(epoch):
-        # Trained jointly from the start, G_ψ spends its updates on the code-independent
-        # correction of the frozen denoiser and never comes to read the still-changing
-        # code (own and shuffled codes give the same loss); against a fixed code it
-        # does. A zero learning rate keeps the encoder's graph, so every process of a
-        # data-parallel fit averages the same gradients.
-        optimizer.param_groups[0]["lr"] = 0.0 if epoch < warmup_epochs else config.representation_lr
-
+             "scheduler": scheduler, "semantic_encoder_ema": encoder_average,
+             "estimator_ema": estimator_average}
     return Stage("representation", step, evaluate, state, config.representation_epochs,
-                 averages={"semantic_encoder": encoder_average, "estimator": estimator_average},
-                 begin_epoch=begin_epoch)
+                 averages={"semantic_encoder": encoder_average, "estimator": estimator_average})
