@@ -634,8 +634,27 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
             "train_index": train_index.tolist(),
             "data": dataset.fingerprint(),
         }
-        fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
-        return StageCheckpoints(self.checkpoint_dir, fingerprint)
+        # A stage's checkpoint depends only on the settings of that stage and the
+        # ones before it: a fit that changes stage 3 (the untrained-encoder control
+        # with representation_epochs=0, say) reuses stages 1 and 2.
+        fingerprints = {}
+        for stage, later_settings in _LATER_STAGE_SETTINGS.items():
+            config_of_stage = {key: value for key, value in settings["config"].items()
+                               if key not in later_settings and key not in _INFERENCE_SETTINGS}
+            fingerprints[stage] = hashlib.sha256(json.dumps(
+                {**settings, "config": config_of_stage}, sort_keys=True).encode()).hexdigest()
+        return StageCheckpoints(self.checkpoint_dir, fingerprints)
+
+
+_INFERENCE_SETTINGS = ("ddim_steps",)
+_REPRESENTATION_SETTINGS = ("semantic_encoder", "encoder_channels", "embedding_dim",
+                            "code_decorrelation", "encoder_warmup_fraction",
+                            "representation_epochs", "representation_lr")
+_DIFFUSION_SETTINGS = ("unet_channels", "unet_res_blocks", "unet_attention", "unet_head_channels",
+                       "unet_norm_groups", "diffusion_epochs", "diffusion_lr", "ema_decay")
+_LATER_STAGE_SETTINGS = {"autoencoder": _DIFFUSION_SETTINGS + _REPRESENTATION_SETTINGS,
+                         "diffusion": _REPRESENTATION_SETTINGS,
+                         "representation": ()}
 
 
 class _LoaderFactory:

@@ -340,6 +340,22 @@ def test_checkpoints_of_other_settings_are_not_reused(cohort, tmp_path):
     assert (tmp_path / "autoencoder.pt").stat().st_mtime_ns != stamp
 
 
+def test_a_fit_that_changes_only_stage_3_reuses_the_checkpoints_of_stages_1_and_2(cohort, fitted,
+                                                                                   tmp_path):
+    trained = LDAEEncoder(**FAST, random_state=0, checkpoint_dir=tmp_path).fit(cohort.images)
+    stamps = {stage: (tmp_path / f"{stage}.pt").stat().st_mtime_ns
+              for stage in ("autoencoder", "diffusion", "representation")}
+    control = LDAEEncoder(**{**FAST, "representation_epochs": 0}, random_state=0,
+                          checkpoint_dir=tmp_path).fit(cohort.images)
+    for stage in ("autoencoder", "diffusion"):
+        assert (tmp_path / f"{stage}.pt").stat().st_mtime_ns == stamps[stage]
+        assert control.fit_seconds_[stage] == trained.fit_seconds_[stage]
+    assert (tmp_path / "representation.pt").stat().st_mtime_ns != stamps["representation"]
+    # the same control as a fit from scratch
+    scratch = LDAEEncoder(**{**FAST, "representation_epochs": 0}, random_state=0).fit(cohort.images)
+    np.testing.assert_array_equal(control.transform(cohort.images), scratch.transform(cohort.images))
+
+
 # ----------------------------------------------------------------- presets
 
 

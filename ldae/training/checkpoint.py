@@ -152,13 +152,18 @@ class StageCheckpoints:
     Parameters
     ----------
     directory : str or Path
-    fingerprint : str
-        Hash of everything that makes two fits the same (settings and data).
+    fingerprint : str or dict
+        Hash of everything that makes two fits the same (settings and data); a
+        dict gives each stage (by name) its own, so that fits which differ only in
+        a later stage share the earlier stages' files.
     """
 
     def __init__(self, directory, fingerprint):
         self.directory = Path(directory)
         self.fingerprint = fingerprint
+
+    def _fingerprint(self, stage):
+        return self.fingerprint[stage] if isinstance(self.fingerprint, dict) else self.fingerprint
 
     def _path(self, stage, partial):
         return self.directory / f"{stage}{'.partial' if partial else ''}.pt"
@@ -171,7 +176,7 @@ class StageCheckpoints:
         payload = load_checkpoint(path)
         if not isinstance(payload, dict) or "fingerprint" not in payload:
             raise CheckpointError(f"checkpoint {path} is not an ldae stage checkpoint")
-        return payload if payload["fingerprint"] == self.fingerprint else None
+        return payload if payload["fingerprint"] == self._fingerprint(stage) else None
 
     def save(self, stage, payload, *, partial=False):
         """Write ``payload`` for ``stage`` atomically; a completed stage drops its partial file.
@@ -179,7 +184,7 @@ class StageCheckpoints:
         In a data-parallel fit, process 0 writes and every process waits for it.
         """
         if distributed.is_main_process():
-            save_checkpoint({**payload, "fingerprint": self.fingerprint},
+            save_checkpoint({**payload, "fingerprint": self._fingerprint(stage)},
                             self._path(stage, partial))
             if not partial:
                 self._path(stage, True).unlink(missing_ok=True)
