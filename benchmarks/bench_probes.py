@@ -37,7 +37,7 @@ from ldae.diffusion import NoiseSchedule
 from ldae.encoder import _build_semantic_encoder
 from ldae.model_selection import markdown_table
 from ldae.probes import probe_embeddings
-from ldae.representation import calibrate_code_statistics, pdae_loss
+from ldae.representation import calibrate_code_statistics, code_steering
 
 OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
 UNTRAINED = "LDAE encoder untrained"
@@ -148,29 +148,14 @@ def main(argv=None):
     return 0
 
 
-def pdae_loss_by_code(encoder, latents, seed, repeats=4):
-    """Stage-3 (PDAE) loss of a fitted latent-input encoder on ``latents`` with its own
-    codes, with the codes shuffled across scans, and with no shift (G = 0): how much of
-    the denoising the semantic code explains, and how much of that is scan-specific."""
+def pdae_loss_by_code(encoder, latents, seed):
+    """Stage-3 loss with no shift, each scan's own code and shuffled codes
+    (:func:`ldae.representation.code_steering`), for a latent-input encoder."""
     if encoder.config_.semantic_encoder != "latent":
         return None
     z0 = torch.as_tensor(latents)
-    semantic_encoder, estimator = encoder.semantic_encoder_, encoder.estimator_
-    shuffle = torch.randperm(len(z0), generator=torch.Generator().manual_seed(seed))
-    schedule = NoiseSchedule()
-    variants = {
-        "no shift": (semantic_encoder, lambda features, code: torch.zeros(())),
-        "own code": (semantic_encoder, estimator),
-        "shuffled codes": (lambda z: semantic_encoder(z)[shuffle], estimator),
-    }
-    losses = {}
-    with torch.no_grad():
-        for name, (encode, shift) in variants.items():
-            generator = torch.Generator().manual_seed(seed)
-            losses[name] = float(sum(
-                pdae_loss(encoder.unet_, shift, encode, z0, z0, schedule, generator=generator)
-                for _ in range(repeats)) / repeats)
-    return losses
+    return code_steering(encoder.unet_, encoder.estimator_, encoder.semantic_encoder_, z0, z0,
+                         NoiseSchedule(), random_state=seed)
 
 
 def untrained_codes(encoder, latents, seed):

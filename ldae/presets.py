@@ -7,12 +7,18 @@ LDAEEncoder parameter left at ``None`` takes the preset's value.
 - ``"small"``: 32x40x32 volumes, networks and epochs sized so that a cohort of a few
   hundred scans trains in minutes on two CPU cores; an 8-channel latent (with 3, a
   linear probe on the latent itself reaches ROC-AUC 0.65 instead of 0.85 for AD vs CN in
-  ``benchmarks/bench_probes.py``) and the stage-3 penalty on correlated code dimensions.
-  The default; what the demo uses.
+  ``benchmarks/bench_probes.py``). The default; what the demo uses.
 - ``"paper"``: the architecture of Lozupone et al. (2025) at 128x160x128: AutoencoderKL
   (64, 128, 128, 128) with f = 8, latent UNet (256, 512, 768) with attention, and the
-  2.5D slice encoder with a 768-d embedding, and the paper's plain PDAE loss (no code
-  decorrelation). Training it is for GPUs.
+  2.5D slice encoder with a 768-d embedding, the paper's plain PDAE loss (no code
+  decorrelation, no encoder warm-up), a plain AutoencoderKL and constant learning
+  rates. Training it is for GPUs.
+
+Beyond the paper, ``tiny`` and ``small`` train a stage 1 that codes each scan's
+deviation from the mean training scan (``ae_template``) and decay every learning rate
+on a cosine (``lr_schedule``); ``small`` also holds the semantic encoder at its initial
+weights for the first quarter of stage 3 (``encoder_warmup_fraction``). Their effect
+is measured by ``benchmarks/bench_model_quality.py`` (docs/benchmarks.md).
 """
 
 from dataclasses import asdict, dataclass, replace
@@ -82,9 +88,9 @@ PRESETS = {
         unet_channels=(64, 128),
         encoder_channels=(64, 128),
         embedding_dim=64,
-        ae_epochs=10,
+        ae_epochs=14,
         diffusion_epochs=30,
-        representation_epochs=30,
+        representation_epochs=60,
         batch_size=8,
         ae_lr=2e-3,
         diffusion_lr=1e-3,

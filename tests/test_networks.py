@@ -15,6 +15,7 @@ from ldae.representation import (
     LatentSemanticEncoder,
     SliceSemanticEncoder,
     code_correlation_penalty,
+    code_steering,
     pdae_loss,
     shifted_eps,
     unet_features,
@@ -389,3 +390,32 @@ def test_template_autoencoder_codes_the_deviation_from_its_template():
     z = torch.randn(2, 2, 4, 4, 4)
     torch.testing.assert_close(templated.decode(z), plain.decode(z) + template)
     assert torch.equal(templated.state_dict()["template"][0, 0], template)
+
+
+def test_code_steering_measures_what_is_specific_to_each_scan(unet):
+    schedule = NoiseSchedule()
+    encoder = LatentSemanticEncoder(channels=(16, 32), embedding_dim=16).eval()
+    z0 = latents(6, seed=7)
+    untrained = GradientEstimator(unet, embedding_dim=16).eval()  # G ≡ 0
+    losses = code_steering(unet, untrained, encoder, z0, z0, schedule, repeats=1, batch_size=4)
+    assert losses["no shift"] == losses["own code"] == losses["shuffled codes"]
+    assert losses["gain"] == 0
+
+    estimator = randomise(GradientEstimator(unet, embedding_dim=16), seed=4).eval()
+    losses = code_steering(unet, estimator, encoder, z0, z0, schedule, repeats=2, batch_size=4)
+    assert losses["own code"] != losses["no shift"] and losses["gain"] != 0
+    # the own-code loss is the PDAE loss on the same draws (scans in batches of 4)
+    generator, expected = torch.Generator().manual_seed(0), 0.0
+    with torch.no_grad():
+        for _ in range(2):
+            for batch in (z0[:4], z0[4:]):
+                expected += float(pdae_loss(unet, estimator, encoder, batch, batch, schedule,
+                                            generator=generator)) * len(batch)
+    assert losses["own code"] == pytest.approx(expected / 12, rel=1e-5)
+
+    class IgnoresTheCode(torch.nn.Module):
+        def forward(self, features, y):
+            return estimator(features, torch.zeros_like(y))
+
+    losses = code_steering(unet, IgnoresTheCode(), encoder, z0, z0, schedule, repeats=1)
+    assert losses["own code"] != losses["no shift"] and losses["gain"] == 0

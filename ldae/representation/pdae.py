@@ -87,3 +87,55 @@ def code_correlation_penalty(codes):
     correlation = standardised.T @ standardised / len(codes)
     off_diagonal_squares = correlation.square().sum() - correlation.diagonal().square().sum()
     return off_diagonal_squares / correlation.shape[0]
+
+
+@torch.no_grad()
+def code_steering(unet, estimator, semantic_encoder, z0, encoder_input, schedule, *, repeats=4,
+                  random_state=0, batch_size=64):
+    """How much the semantic code steers the frozen denoiser: the PDAE loss of the
+    scans with no shift (G = 0), with each scan's own code, and with the codes of
+    other scans (a fixed permutation), on the same noise and timesteps.
+
+    ``gain`` = shuffled / own − 1 is the part of the denoising that is specific to the
+    scan: 0 when G_ψ learnt a correction that is the same for every scan.
+
+    Parameters
+    ----------
+    unet, estimator, semantic_encoder, schedule
+        As for :func:`pdae_loss`, all in evaluation mode.
+    z0 : torch.Tensor
+        Scaled latents of the scans, shape (n, C, d, h, w).
+    encoder_input : torch.Tensor
+        What the semantic encoder reads for the same scans (``z0`` for a latent encoder).
+    repeats : int, default=4
+        Draws of noise and timesteps per scan.
+    random_state : int, default=0
+        Seed of the draws and of the permutation.
+    batch_size : int, default=64
+
+    Returns
+    -------
+    dict
+        ``{"no shift", "own code", "shuffled codes", "gain"}`` as floats.
+    """
+    codes = torch.cat([semantic_encoder(chunk) for chunk in torch.split(encoder_input, batch_size)])
+    permutation = torch.randperm(len(codes), generator=torch.Generator().manual_seed(random_state))
+    variants = {"no shift": (_no_shift, codes), "own code": (estimator, codes),
+                "shuffled codes": (estimator, codes[permutation])}
+    losses = {}
+    for name, (shift, variant_codes) in variants.items():
+        generator = torch.Generator().manual_seed(random_state)  # the same draws for each
+        total = 0.0
+        for _ in range(repeats):
+            for first in range(0, len(z0), batch_size):
+                batch = slice(first, first + batch_size)
+                loss = pdae_loss(unet, shift, lambda _: variant_codes[batch], z0[batch], None,
+                                 schedule, generator=generator)
+                total += float(loss) * len(z0[batch])
+        losses[name] = total / (repeats * len(z0))
+    losses["gain"] = losses["shuffled codes"] / losses["own code"] - 1.0
+    return losses
+
+
+def _no_shift(features, code):
+    return torch.zeros(())

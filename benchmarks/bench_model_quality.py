@@ -1,0 +1,222 @@
+"""Is the trained model good, not just trained? Three seeds, with controls.
+
+For each seed, a synthetic cohort of N subjects (the seed changes its noise draw and the
+model's initialisation) is split by subject: 80 % train the `small` LDAEEncoder, 20 %
+are held out. Reported per seed, then as mean and worst over the seeds:
+
+1. autoencoder: SSIM of the autoencoder's reconstruction of the held-out scans;
+2. steering: stage-3 loss with shuffled codes over the loss with each scan's own code
+   (same noise and timesteps, all scans), and on the held-out scans alone;
+3. probes (subject-grouped stratified 5-fold CV on every scan): AD-vs-CN ROC-AUC and
+   age MAE of the LDAE embedding, of the untrained-encoder control (the same fit with
+   ``representation_epochs=0``: the same stages 1-2 and the same initial encoder
+   weights) and of the PCA of the voxels;
+4. reconstruction with the encoded x_T at 20 DDIM steps against the autoencoder alone
+   (held-out scans);
+5. fit seconds per stage (the load average is recorded beside them).
+
+    python benchmarks/bench_model_quality.py                  # 80 subjects, seeds 0 1 2
+    python benchmarks/bench_model_quality.py --quick          # 20 subjects, few epochs, 1 seed
+    python benchmarks/bench_model_quality.py --set ae_template=False --name no-template
+
+``--set NAME=VALUE`` overrides an LDAEEncoder parameter (an ablation); ``--name`` names
+the output files docs/benchmarks/model_quality[_quick][_NAME].json / .md;
+``--checkpoints DIR`` keeps each seed's stage checkpoints there, so that ablations of
+stage-3 settings reuse the fitted stages 1 and 2.
+"""
+
+import argparse
+import ast
+import json
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.model_selection import GroupShuffleSplit
+
+from ldae import LDAEEncoder
+from ldae._files import write_atomically
+from ldae.datasets import make_synthetic_cohort
+from ldae.demo import DEMO_SHAPE
+from ldae.diffusion import NoiseSchedule
+from ldae.generation import autoencoder_reconstruction
+from ldae.imaging import as_volume_dataset
+from ldae.metrics import ssim
+from ldae.model_selection import markdown_table
+from ldae.probes import probe_embeddings
+from ldae.representation import code_steering
+
+OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
+UNTRAINED = "LDAE encoder untrained"
+PCA = "PCA of voxels"
+QUICK_OVERRIDES = dict(ae_epochs=4, diffusion_epochs=10, representation_epochs=10)
+TARGETS = {"autoencoder_ssim": 0.95, "steering_ratio": 1.10}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--subjects", type=int, default=None)
+    parser.add_argument("--seeds", type=int, nargs="+", default=None)
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument("--name", default=None)
+    parser.add_argument("--checkpoints", default=None, metavar="DIR")
+    args = parser.parse_args(argv)
+    subjects = args.subjects or (20 if args.quick else 80)
+    seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
+    overrides = {**(QUICK_OVERRIDES if args.quick else {}), **dict(map(_parse_setting, args.set))}
+
+    runs = []
+    for seed in seeds:
+        runs.append(run_seed(seed, subjects, overrides, args.checkpoints))
+        print(json.dumps(runs[-1], indent=1, default=float), flush=True)
+    summary = summarise(runs)
+    command = "python benchmarks/bench_model_quality.py" + " ".join(
+        [""] + (["--quick"] if args.quick else []) + [f"--set {item}" for item in args.set]
+        + ([f"--name {args.name}"] if args.name else [])
+        + ([f"--subjects {args.subjects}"] if args.subjects else [])
+        + ([f"--seeds {' '.join(map(str, args.seeds))}"] if args.seeds else []))
+    result = {"command": command, "subjects": subjects, "overrides": overrides, "runs": runs,
+              "summary": summary, "load_average_at_end": os.getloadavg(),
+              "machine": {"python": platform.python_version(), "torch": torch.__version__,
+                          "threads": torch.get_num_threads(), "cpu": platform.processor()}}
+    name = "model_quality" + ("_quick" if args.quick else "") + (f"_{args.name}" if args.name else "")
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    write_atomically(OUTPUT / f"{name}.json", lambda temporary: temporary.write_text(
+        json.dumps(result, indent=2, default=float) + "\n"))
+    markdown = render(result)
+    write_atomically(OUTPUT / f"{name}.md", lambda temporary: temporary.write_text(markdown))
+    print(markdown)
+    return 0
+
+
+def _parse_setting(text):
+    key, _, value = text.partition("=")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
+
+
+def run_seed(seed, n_subjects, overrides, checkpoint_root=None):
+    cohort = make_synthetic_cohort(n_subjects, shape=DEMO_SHAPE, random_state=seed)
+    frame, images = cohort.frame, cohort.images
+    train, held_out = next(GroupShuffleSplit(1, test_size=0.2, random_state=seed)
+                           .split(images, groups=frame.subject))
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as scratch:
+        checkpoints = Path(checkpoint_root or scratch) / f"seed-{seed}"
+        settings = dict(preset="small", random_state=seed, validation_fraction=0,
+                        checkpoint_dir=checkpoints, **overrides)
+        model = LDAEEncoder(**settings).fit(images[train])
+        # the control: the same fit without stage-3 training, its stages 1-2 from the checkpoints
+        control = LDAEEncoder(**{**settings, "representation_epochs": 0}).fit(images[train])
+
+    volumes = as_volume_dataset(images, model.preprocessing_)
+    held_out_volumes = np.stack([volumes[int(i)] for i in held_out])
+    autoencoder_ssim = ssim(autoencoder_reconstruction(model, images[held_out]), held_out_volumes)
+    reconstruction_ssim = ssim(model.reconstruct(images[held_out], steps=20), held_out_volumes)
+
+    latents = torch.as_tensor(model.encode_latent(images))
+    steering = {part: code_steering(model.unet_, model.estimator_, model.semantic_encoder_,
+                                    latents[index], latents[index], NoiseSchedule(),
+                                    repeats=2, random_state=seed)
+                for part, index in (("all scans", np.arange(len(images))),
+                                    ("held-out scans", held_out))}
+
+    probes = probe_embeddings({"LDAE": model.transform(images),
+                               UNTRAINED: control.transform(images)},
+                              frame, voxels=images, random_state=seed)
+    table = probes.table()
+    return {
+        "seed": seed, "scans": len(frame), "train_scans": len(train), "held_out_scans": len(held_out),
+        "autoencoder_ssim": float(autoencoder_ssim.mean()),
+        "reconstruction_ssim_20_steps": float(reconstruction_ssim.mean()),
+        "steering_ratio": steering["all scans"]["shuffled codes"] / steering["all scans"]["own code"],
+        "steering_ratio_held_out": (steering["held-out scans"]["shuffled codes"]
+                                    / steering["held-out scans"]["own code"]),
+        "steering_losses": steering,
+        "roc_auc": {features: _score(table, features, "roc_auc") for features in ("LDAE", UNTRAINED, PCA)},
+        "age_mae": {features: _score(table, features, "mae") for features in ("LDAE", UNTRAINED, PCA)},
+        "fit_seconds": model.fit_seconds_, "load_average_before_fit": load_before,
+    }
+
+
+def _score(table, features, metric):
+    column = [name for name in table.columns if name.endswith(metric)]
+    return float(str(table.loc[features, column[0]]).split(" ")[0])
+
+
+def summarise(runs):
+    """Mean and worst seed of each figure, and whether every seed meets each target."""
+    def figures(run):
+        auc, mae = run["roc_auc"], run["age_mae"]
+        return {
+            "autoencoder_ssim": run["autoencoder_ssim"],
+            "steering_ratio": run["steering_ratio"],
+            "steering_ratio_held_out": run["steering_ratio_held_out"],
+            "LDAE ROC-AUC": auc["LDAE"],
+            "LDAE − untrained ROC-AUC": auc["LDAE"] - auc[UNTRAINED],
+            "LDAE − PCA ROC-AUC": auc["LDAE"] - auc[PCA],
+            "LDAE age MAE": mae["LDAE"],
+            "untrained − LDAE age MAE": mae[UNTRAINED] - mae["LDAE"],
+            "PCA − LDAE age MAE": mae[PCA] - mae["LDAE"],
+            "reconstruction − autoencoder SSIM": (run["reconstruction_ssim_20_steps"]
+                                                  - run["autoencoder_ssim"]),
+            "fit seconds": sum(run["fit_seconds"].values()),
+        }
+    table = [figures(run) for run in runs]
+    higher_is_worse = {"fit seconds"}
+    summary = {}
+    for key in table[0]:
+        values = np.array([row[key] for row in table])
+        summary[key] = {"mean": float(values.mean()),
+                        "worst": float(values.max() if key in higher_is_worse else values.min())}
+    met = {
+        "1. autoencoder SSIM >= 0.95": all(row["autoencoder_ssim"] >= 0.95 for row in table),
+        "2. shuffled / own loss >= 1.10": all(row["steering_ratio"] >= 1.10 for row in table),
+        "3. ROC-AUC >= untrained + 0.05 and >= PCA; age MAE below both": all(
+            row["LDAE − untrained ROC-AUC"] >= 0.05 and row["LDAE − PCA ROC-AUC"] >= 0
+            and row["untrained − LDAE age MAE"] > 0 and row["PCA − LDAE age MAE"] > 0
+            for row in table),
+        "4. reconstruction at 20 steps equals the autoencoder (within 0.01 SSIM)": all(
+            abs(row["reconstruction − autoencoder SSIM"]) <= 0.01 for row in table),
+    }
+    return {"figures": summary, "targets_met_on_every_seed": met}
+
+
+def render(result):
+    runs, summary = result["runs"], result["summary"]
+    rows = []
+    for run in runs:
+        rows.append({
+            "seed": run["seed"], "AE SSIM (held out)": run["autoencoder_ssim"],
+            "recon SSIM, 20 steps": run["reconstruction_ssim_20_steps"],
+            "shuffled/own (all)": run["steering_ratio"],
+            "shuffled/own (held out)": run["steering_ratio_held_out"],
+            **{f"AUC {name}": run["roc_auc"][name] for name in ("LDAE", UNTRAINED, PCA)},
+            **{f"MAE {name}": run["age_mae"][name] for name in ("LDAE", UNTRAINED, PCA)},
+            "fit s (AE/diff/repr)": "/".join(f"{s:.0f}" for s in run["fit_seconds"].values()),
+            "load": round(run["load_average_before_fit"], 2),
+        })
+    import pandas as pd
+    figures = pd.DataFrame(summary["figures"]).T.reset_index(names="figure")
+    return "\n".join([
+        f"# Model quality over {len(runs)} seed(s) ({result['subjects']} subjects)", "",
+        f"Command: `{result['command']}`; overrides {result['overrides'] or 'none'}.", "",
+        "Per seed (AUC: AD vs CN ROC-AUC, MAE: age MAE in years; subject-grouped 5-fold CV):", "",
+        markdown_table(pd.DataFrame(rows)), "",
+        "Mean and worst seed:", "",
+        markdown_table(figures), "",
+        "Targets met on every seed: " + "; ".join(
+            f"{name}: {'yes' if met else 'no'}"
+            for name, met in summary["targets_met_on_every_seed"].items()), "",
+        f"Load average at the end: {result['load_average_at_end'][0]:.2f}.", ""])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
