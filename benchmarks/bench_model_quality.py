@@ -18,6 +18,7 @@ are held out. Reported per seed, then as mean and worst over the seeds:
     python benchmarks/bench_model_quality.py                  # 80 subjects, seeds 0 1 2
     python benchmarks/bench_model_quality.py --quick          # 20 subjects, few epochs, 1 seed
     python benchmarks/bench_model_quality.py --set ae_template=False --name no-template
+    python benchmarks/bench_model_quality.py --set preset=tiny --name tiny
 
 ``--set NAME=VALUE`` overrides an LDAEEncoder parameter (an ablation); ``--name`` names
 the output files docs/benchmarks/model_quality[_quick][_NAME].json / .md;
@@ -79,7 +80,8 @@ def main(argv=None):
         [""] + (["--quick"] if args.quick else []) + [f"--set {item}" for item in args.set]
         + ([f"--name {args.name}"] if args.name else [])
         + ([f"--subjects {args.subjects}"] if args.subjects else [])
-        + ([f"--seeds {' '.join(map(str, args.seeds))}"] if args.seeds else []))
+        + ([f"--seeds {' '.join(map(str, args.seeds))}"] if args.seeds else [])
+        + ([f"--checkpoints {args.checkpoints}"] if args.checkpoints else []))
     result = {"command": command, "subjects": subjects, "overrides": overrides, "runs": runs,
               "summary": summary, "load_average_at_end": os.getloadavg(),
               "machine": {"python": platform.python_version(), "torch": torch.__version__,
@@ -110,8 +112,8 @@ def run_seed(seed, n_subjects, overrides, checkpoint_root=None):
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as scratch:
         checkpoints = Path(checkpoint_root or scratch) / f"seed-{seed}"
-        settings = dict(preset="small", random_state=seed, validation_fraction=0,
-                        checkpoint_dir=checkpoints, **overrides)
+        settings = {"preset": "small", "random_state": seed, "validation_fraction": 0,
+                    "checkpoint_dir": checkpoints, **overrides}
         model = LDAEEncoder(**settings).fit(images[train])
         # the control: the same fit without stage-3 training, its stages 1-2 from the checkpoints
         control = LDAEEncoder(**{**settings, "representation_epochs": 0}).fit(images[train])
@@ -143,6 +145,7 @@ def run_seed(seed, n_subjects, overrides, checkpoint_root=None):
         "roc_auc": {features: _score(table, features, "roc_auc") for features in ("LDAE", UNTRAINED, PCA)},
         "age_mae": {features: _score(table, features, "mae") for features in ("LDAE", UNTRAINED, PCA)},
         "fit_seconds": model.fit_seconds_, "load_average_before_fit": load_before,
+        "config": model.config_.to_dict(),
     }
 
 
@@ -170,7 +173,7 @@ def summarise(runs):
             "fit seconds": sum(run["fit_seconds"].values()),
         }
     table = [figures(run) for run in runs]
-    higher_is_worse = {"fit seconds"}
+    higher_is_worse = {"fit seconds", "LDAE age MAE"}
     summary = {}
     for key in table[0]:
         values = np.array([row[key] for row in table])

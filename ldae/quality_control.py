@@ -398,6 +398,14 @@ def latent_statistics(encoder, X):
     the semantic embedding to be trained well: pass it to
     :class:`QualityControl` in place of the embedding.
 
+    With ``ae_template=True`` (the ``tiny`` and ``small`` presets) the latent codes the
+    scan's deviation from the mean training scan, and these statistics separate
+    corrupted scans less sharply; the reconstruction error separates them more
+    sharply instead (on a tiny model of 19 clean scans: 0.04–0.07 for clean scans,
+    0.10–0.44 for the four corruptions of :func:`simulate_corruptions`, against
+    0.19–0.24 and 0.19–0.51 with a plain AutoencoderKL), so pass both to
+    :class:`QualityControl`.
+
     Parameters
     ----------
     encoder : ldae.LDAEEncoder

@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from matplotlib.image import imread
 
 from ldae import LDAEEncoder
-from ldae.demo import run_demo
+from ldae.demo import UNTRAINED, run_demo
 from ldae.exceptions import InputError
 from ldae.report import Report
 
@@ -93,3 +93,12 @@ def test_report_rejects_bad_figure_names_and_non_tables(tmp_path):
     assert "<code>code</code> &amp; &lt;tags&gt;" in page and "1.23" in page
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["figures", "ok.png", "report.html",
                                                          "report.md"]
+
+
+def test_demo_probes_the_untrained_encoder_control_of_its_own_fit(demo):
+    table = demo["probes"].table()
+    assert list(table.index[:3]) == ["LDAE", UNTRAINED, "AE latent (mean-pooled)"]
+    # the control reused the fit's stages 1 and 2 from the checkpoints written beside the report
+    assert (demo["report"].parent / "checkpoints" / "autoencoder.pt").is_file()
+    comparisons = demo["probes"].comparisons("LDAE")
+    assert UNTRAINED in set(comparisons.model_b)

@@ -13,9 +13,14 @@ from ldae.quality_control import (CORRUPTIONS, QualityControl, latent_statistics
 
 @pytest.fixture(scope="module")
 def fitted():
-    """A tiny encoder fitted on clean synthetic scans, and those scans."""
+    """A tiny encoder fitted on clean synthetic scans, and those scans.
+
+    Its stage 1 is a plain AutoencoderKL: ``latent_statistics`` describes a scan's global
+    intensity and contrast as such a latent holds them (see its docstring).
+    """
     cohort = make_synthetic_cohort(10, shape=(32, 40, 32), visit_months=(0, 12), random_state=0)
-    return LDAEEncoder(preset="tiny", random_state=0).fit(cohort.images), cohort.images
+    return (LDAEEncoder(preset="tiny", ae_template=False, random_state=0).fit(cohort.images),
+            cohort.images)
 
 
 @pytest.fixture(scope="module")
