@@ -214,6 +214,16 @@ class _Exploit:
         return (print, ("this must never run",))
 
 
+def test_a_model_file_of_an_older_version_is_refused_by_name(fitted, tmp_path):
+    from ldae.training.checkpoint import load_checkpoint, save_checkpoint
+    path = tmp_path / "old.ldae"
+    fitted.save(path)
+    payload = load_checkpoint(path)
+    save_checkpoint({**payload, "version": 1}, path)
+    with pytest.raises(CheckpointError, match=r"old.ldae was written by an older ldae \(file version 1\)"):
+        LDAEEncoder.load(path)
+
+
 def test_set_output_pandas_keeps_series_index(cohort, fitted, tmp_path):
     paths = []
     for number, volume in enumerate(cohort.images[:3]):
