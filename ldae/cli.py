@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import __version__
 from ._files import write_atomically
 from .exceptions import InputError, LDAEError
 
@@ -62,6 +63,7 @@ def main(argv=None):
 def _parser():
     parser = argparse.ArgumentParser(
         prog="ldae", description="Latent Diffusion Autoencoders for brain MRI")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser(
@@ -187,6 +189,9 @@ def _embed(args):
 
     out = Path(args.out)
     _check_output_format(out)
+    for name, given in (("--manifest", args.manifest), ("--model", args.model)):
+        if out.resolve() == Path(given).resolve():
+            raise InputError(f"--out {args.out} is the {name} file; it would be overwritten")
     if args.chunk_size < 1:
         raise InputError(f"--chunk-size={args.chunk_size}: expected a positive number of scans")
     model_file = Path(args.model)

@@ -7,6 +7,7 @@ AD, interpolation of a missing visit), the cohort analysis (map, a retrieval
 example, quality control, site prediction) and the run's settings and versions.
 """
 
+import numbers
 import platform
 import time
 from pathlib import Path
@@ -39,6 +40,7 @@ from .site_effects import site_prediction_score
 from .stats import bootstrap_ci
 
 DEMO_SHAPE = (32, 40, 32)
+MIN_SUBJECTS = 20
 FULL = dict(n_subjects=60, ddim_steps=20, overrides={})
 # --quick trains fewer epochs on a third of the subjects and decodes with fewer DDIM
 # steps: a smoke run of the whole path in about 2 minutes on 2 cores, not a result.
@@ -59,7 +61,7 @@ def run_demo(output_dir="ldae-demo", *, quick=False, n_subjects=None, encoder=No
     quick : bool, default=False
         Fewer subjects, epochs and DDIM steps (a smoke run of the whole path).
     n_subjects : int, optional
-        Overrides the number of synthetic subjects.
+        Overrides the number of synthetic subjects (at least ``MIN_SUBJECTS``, 20).
     encoder : LDAEEncoder, optional
         An unfitted model to use instead of the "small" preset (it is cloned; its
         image shape must be the demo's 32x40x32).
@@ -75,6 +77,10 @@ def run_demo(output_dir="ldae-demo", *, quick=False, n_subjects=None, encoder=No
         HTML report) and ``markdown`` (path of its Markdown twin).
     """
     settings = QUICK if quick else FULL
+    n_subjects = settings["n_subjects"] if n_subjects is None else n_subjects
+    if not isinstance(n_subjects, numbers.Integral) or n_subjects < MIN_SUBJECTS:
+        raise InputError(f"n_subjects={n_subjects!r}: the demo needs at least {MIN_SUBJECTS} "
+                         "subjects (its probes use 5 subject-grouped folds of AD and CN)")
     say = print if verbose else (lambda *args, **kwargs: None)
     timings = {}
 
@@ -85,7 +91,7 @@ def run_demo(output_dir="ldae-demo", *, quick=False, n_subjects=None, encoder=No
         return result
 
     cohort = timed("cohort", lambda: make_synthetic_cohort(
-        n_subjects or settings["n_subjects"], shape=DEMO_SHAPE, random_state=random_state))
+        n_subjects, shape=DEMO_SHAPE, random_state=random_state))
     frame = cohort.frame
     say(f"cohort: {len(frame)} scans of {frame.subject.nunique()} subjects "
         f"({_counts(frame.diagnosis)}) in {timings['cohort']:.1f} s")

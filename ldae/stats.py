@@ -253,7 +253,8 @@ def mcnemar_test(y_true, pred_a, pred_b, *, exact=None):
     Returns
     -------
     result : TestResult
-        ``statistic``, ``pvalue`` and details ``table`` (rows: a correct / wrong,
+        ``statistic``, ``pvalue`` (1 with statistic 0 when no pair is discordant,
+        whichever test) and details ``table`` (rows: a correct / wrong,
         columns: b correct / wrong), ``exact`` and ``n_discordant``.
     """
     y = np.asarray(y_true)
@@ -269,10 +270,16 @@ def mcnemar_test(y_true, pred_a, pred_b, *, exact=None):
     n_discordant = int(table[0, 1] + table[1, 0])
     if exact is None:
         exact = n_discordant < 25
-    outcome = mcnemar(table, exact=exact, correction=True)
+    if n_discordant == 0:
+        # identical correctness: no evidence of a difference (the chi-square
+        # statistic would be 1/0, "infinitely significant")
+        statistic, pvalue = 0.0, 1.0
+    else:
+        outcome = mcnemar(table, exact=exact, correction=True)
+        statistic, pvalue = float(outcome.statistic), float(outcome.pvalue)
     return TestResult(
-        float(outcome.statistic),
-        float(outcome.pvalue),
+        statistic,
+        pvalue,
         "McNemar test (exact binomial)" if exact else "McNemar test (chi-square, corrected)",
         {"table": table, "exact": bool(exact), "n_discordant": n_discordant},
     )

@@ -200,3 +200,22 @@ def _wait_for(path, process, timeout=300):
         assert process.poll() is None, f"the fit ended (status {process.returncode}) first"
         assert time.monotonic() < deadline, f"{path} did not appear in {timeout} s"
         time.sleep(0.02)
+
+
+def test_embed_refuses_to_overwrite_its_manifest(cohort, model_dir, capsys):
+    before = cohort.read_bytes()
+    assert cli.main(["embed", "--model", str(model_dir), "--manifest", str(cohort),
+                     "--out", str(cohort), "--quiet"]) == 1
+    assert "is the --manifest file" in capsys.readouterr().err
+    assert cohort.read_bytes() == before
+
+
+def test_version_and_demo_subject_count_are_checked(capsys):
+    from ldae import __version__
+
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--version"])
+    assert exited.value.code == 0 and capsys.readouterr().out.strip() == f"ldae {__version__}"
+    # refused before any work (it used to run 60 subjects)
+    assert cli.main(["demo", "--subjects", "0", "--quiet"]) == 1
+    assert "n_subjects=0: the demo needs at least 20 subjects" in capsys.readouterr().err

@@ -198,7 +198,8 @@ def test_save_and_load_without_pickled_code(cohort, fitted, tmp_path):
     loaded = LDAEEncoder.load(path)
     np.testing.assert_array_equal(loaded.transform(cohort.images), fitted.transform(cohort.images))
     assert loaded.get_params() == fitted.get_params()
-    assert not list(tmp_path.glob(".*.tmp")), "a temporary file was left behind"
+    # write_atomically's temporaries are hidden files (".model.pt.<random>.pt")
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"], "a temporary file was left behind"
     # a file that would execute code when unpickled is refused
     torch.save({"format": "ldae.LDAEEncoder", "evil": _Exploit()}, tmp_path / "evil.pt")
     with pytest.raises(CheckpointError, match="evil.pt"):

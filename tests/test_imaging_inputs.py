@@ -273,7 +273,9 @@ def test_scans_on_different_grids_are_named(tmp_path):
         InputError, match=r"small\.nii\.gz: shape \(18, 24, 20\).*Preprocessing\(shape"
     ):
         as_volume_dataset([reference, small])
-    with pytest.raises(InputError, match=r"coarse\.nii\.gz: voxel size.*Preprocessing\(voxel_size"):
+    # sizes as users write them, not numpy reprs ("np.float64(2.0)")
+    with pytest.raises(InputError, match=r"coarse\.nii\.gz: voxel size \(2, 2, 2\) mm, but .*"
+                                         r"reference\.nii\.gz has \(1.5, 1.5, 1.5\) mm.*Preprocessing\(voxel_size"):
         as_volume_dataset([reference, coarse])
     # Settings that put them on one grid make them acceptable.
     assert as_volume_dataset([reference, small], Preprocessing(shape=SHAPE)).shape == SHAPE

@@ -116,7 +116,8 @@ def test_resampling_to_2mm_averages_voxel_blocks_and_keeps_world_coordinates():
 
 
 def test_a_voxel_size_that_leaves_no_volume_is_named():
-    with pytest.raises(InputError, match="X\\[0\\]: resampling to voxel size"):
+    with pytest.raises(InputError, match=r"X\[0\]: resampling to voxel size \(15, 15, 15\) mm "
+                                         r"leaves shape \(1, 1, 1\)"):
         as_volume_dataset(
             volume()[None], affine=np.eye(4), preprocessing=Preprocessing(voxel_size=15)
         )

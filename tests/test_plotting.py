@@ -50,7 +50,8 @@ def test_every_figure_is_returned_and_written_as_png(volumes, tmp_path):
     # panels: 2 scans x 3 volumes x 3 views (+ colour bar); 2 x (1 original + 3 variations)
     assert len([ax for ax in figures["reconstruction"].axes if ax.images]) == 18
     assert len(figures["variations"].axes) == 8
-    assert not list(tmp_path.rglob(".tmp-*"))  # written atomically: no leftovers
+    # written atomically: no hidden ".<name>.<random>.png" temporaries left over
+    assert not list(tmp_path.rglob(".*"))
 
 
 def test_difference_maps_show_where_the_volumes_differ(volumes):

@@ -141,6 +141,13 @@ def test_mcnemar_uses_corrected_chi_square_for_many_discordant_pairs():
     assert forced.pvalue == pytest.approx(mcnemar(np.array(table), exact=True).pvalue)
 
 
+@pytest.mark.parametrize("exact", [True, False])
+def test_mcnemar_without_discordant_pairs_finds_no_difference(exact):
+    # two classifiers right and wrong on the same scans: p = 1, never "p = 0, statistic inf"
+    result = stats.mcnemar_test(*table_to_predictions([[40, 0], [0, 10]]), exact=exact)
+    assert (result.statistic, result.pvalue, result.n_discordant) == (0.0, 1.0, 0)
+
+
 def subject_cohort(seed, n_subjects=24, effect=0.0):
     """Scans share their subject's features; y is constant per subject."""
     rng = np.random.default_rng(seed)

@@ -28,6 +28,11 @@ def voxel_sizes(affine):
     return np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
 
 
+def format_sizes(values):
+    """Numbers as users write them in messages: ``(5.5, 5.5, 5.5)``, not numpy reprs."""
+    return "(" + ", ".join(f"{round(float(v), 4):g}" for v in values) + ")"
+
+
 @dataclass(frozen=True)
 class Grid:
     """How one image maps onto the target grid.
@@ -156,8 +161,8 @@ def plan_grid(shape, affine, *, voxel_size=None, target_shape=None, name="image"
         zoom = tuple(float(v) for v in voxel_sizes(ras_affine) / np.asarray(voxel_size))
         if math.prod(n * z for n, z in zip(ras_shape, zoom)) > MAX_RESAMPLED_VOXELS:
             raise InputError(
-                f"{name}: resampling its {tuple(ras_shape)} voxels of "
-                f"{tuple(voxel_sizes(ras_affine).round(4))} mm to {tuple(voxel_size)} mm "
+                f"{name}: resampling its {format_sizes(ras_shape)} voxels of "
+                f"{format_sizes(voxel_sizes(ras_affine))} mm to {format_sizes(voxel_size)} mm "
                 f"would make more than {MAX_RESAMPLED_VOXELS} voxels; is its header's "
                 "voxel size right?"
             )
@@ -165,8 +170,8 @@ def plan_grid(shape, affine, *, voxel_size=None, target_shape=None, name="image"
         ras_shape = [math.floor(n * z) for n, z in zip(ras_shape, zoom)]
         if min(ras_shape) < 2:
             raise InputError(
-                f"{name}: resampling to voxel size {tuple(voxel_size)} mm leaves shape "
-                f"{tuple(ras_shape)}; choose a smaller voxel_size"
+                f"{name}: resampling to voxel size {format_sizes(voxel_size)} mm leaves shape "
+                f"{format_sizes(ras_shape)}; choose a smaller voxel_size"
             )
         # Target voxel j samples source coordinate (j + 0.5) / zoom - 0.5.
         to_source = np.eye(4)

@@ -23,7 +23,7 @@ from nibabel.spatialimages import SpatialImage
 
 from ..exceptions import InputError, SkippedScanWarning
 from .cache import VolumeCache
-from .grid import VOXEL_SIZE_RTOL, voxel_sizes
+from .grid import VOXEL_SIZE_RTOL, format_sizes, voxel_sizes
 from .nifti import check_affine, check_data_type, open_image
 from .preprocessing import Preprocessing
 
@@ -524,8 +524,8 @@ def _check_same_grid(scan, reference):
     sizes, reference_sizes = voxel_sizes(grid.affine), voxel_sizes(reference_grid.affine)
     if not np.allclose(sizes, reference_sizes, rtol=VOXEL_SIZE_RTOL, atol=0):
         raise InputError(
-            f"{name}: voxel size {tuple(sizes.round(4))} mm, but {reference_name} has "
-            f"{tuple(reference_sizes.round(4))} mm; set Preprocessing(voxel_size=...) to "
+            f"{name}: voxel size {format_sizes(sizes)} mm, but {reference_name} has "
+            f"{format_sizes(reference_sizes)} mm; set Preprocessing(voxel_size=...) to "
             "resample every scan to one voxel size"
         )
     return ()
