@@ -38,6 +38,7 @@ from sklearn.utils import _safe_indexing
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .exceptions import InputError
+from .model_selection import RIDGE_ALPHAS, fit_with_groups, grouped_ridge
 
 __all__ = ["BrainAgeRegressor", "brain_age_report"]
 
@@ -62,7 +63,9 @@ class BrainAgeRegressor(RegressorMixin, BaseEstimator):
     ----------
     estimator : regressor, optional
         The age model; by default ``StandardScaler`` followed by ``RidgeCV`` with
-        alphas 1e-3 ... 1e3.
+        alphas 1e-3 ... 1e3, chosen on subject-grouped inner folds when ``groups``
+        are given (:func:`ldae.model_selection.grouped_ridge`). The subjects reach
+        any part of it that requests ``groups`` (metadata routing).
     correction : {"cole", None}, default="cole"
         What :meth:`predict` returns: ``"cole"`` the bias-corrected age
         ``(raw - bias_intercept_) / bias_slope_`` (Cole et al. 2018), ``None`` the raw
@@ -93,6 +96,9 @@ class BrainAgeRegressor(RegressorMixin, BaseEstimator):
     >>> gap = model.correct(X_test, age_test) - age_test  # de Lange & Cole  # doctest: +SKIP
     """
 
+    # requested by default: meta-estimators with metadata routing pass the subjects
+    __metadata_request__fit = {"groups": True}
+
     def __init__(self, estimator=None, correction="cole", cv=5):
         self.estimator = estimator
         self.correction = correction
@@ -108,8 +114,8 @@ class BrainAgeRegressor(RegressorMixin, BaseEstimator):
         y : array-like of shape (n_samples,)
             Chronological age.
         groups : array-like of shape (n_samples,), optional
-            Subject of every scan, used by the inner ``cv``. With metadata routing,
-            request it with ``set_fit_request(groups=True)``.
+            Subject of every scan, used by the inner ``cv``. Requested by default
+            with metadata routing (:func:`ldae.model_selection.run_study` routes it).
 
         Returns
         -------
@@ -120,14 +126,14 @@ class BrainAgeRegressor(RegressorMixin, BaseEstimator):
         X, y = validate_data(self, X, y, y_numeric=True)
         if groups is not None and len(groups) != len(y):
             raise InputError(f"groups: has {len(groups)} entries but X has {len(y)}")
-        estimator = self._estimator()
+        estimator = self._estimator(groups)
         training_predictions = self._training_predictions(estimator, X, y, groups)
         slope, intercept = np.polyfit(y, training_predictions, deg=1)
         if slope < _WEAK_SLOPE:
             warnings.warn(f"BrainAgeRegressor: predicted age barely follows age on the training "
                           f"data (bias slope {slope:.3f}); the age-bias correction divides by "
                           "this slope and amplifies the noise", UserWarning, stacklevel=2)
-        self.estimator_ = clone(estimator).fit(X, y)
+        self.estimator_ = self._fit(clone(estimator), X, y, groups)
         self.bias_slope_ = float(slope)
         self.bias_intercept_ = float(intercept)
         self.age_mean_ = float(np.mean(y))
@@ -178,23 +184,29 @@ class BrainAgeRegressor(RegressorMixin, BaseEstimator):
         X = validate_data(self, X, reset=False)
         return np.asarray(self.estimator_.predict(X), dtype=float)
 
-    def _estimator(self):
+    def _estimator(self, groups):
         if self.estimator is None:
-            return make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 13)))
+            ridge = grouped_ridge() if groups is not None else RidgeCV(alphas=RIDGE_ALPHAS)
+            return make_pipeline(StandardScaler(), ridge)
         if not hasattr(self.estimator, "fit") or not hasattr(self.estimator, "predict"):
             raise InputError(f"estimator: {type(self.estimator).__name__} is not a regressor")
         return self.estimator
 
+    @staticmethod
+    def _fit(estimator, X, y, groups):
+        return estimator.fit(X, y) if groups is None else fit_with_groups(estimator, X, y, groups)
+
     def _training_predictions(self, estimator, X, y, groups):
         if self.cv is None:
-            return clone(estimator).fit(X, y).predict(X)
+            return self._fit(clone(estimator), X, y, groups).predict(X)
         splitter = self.cv
         if isinstance(splitter, Integral):
             splitter = GroupKFold(splitter) if groups is not None else KFold(splitter)
         predictions = np.empty(len(y))
         covered = np.zeros(len(y), dtype=bool)
         for train, test in splitter.split(X, y, groups):
-            fold_model = clone(estimator).fit(_safe_indexing(X, train), y[train])
+            fold_model = self._fit(clone(estimator), _safe_indexing(X, train), y[train],
+                                   None if groups is None else np.asarray(groups)[train])
             predictions[test] = fold_model.predict(_safe_indexing(X, test))
             covered[test] = True
         if not covered.all():

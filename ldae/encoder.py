@@ -223,6 +223,9 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
         self.random_state = random_state
         self.verbose = verbose
 
+    # requested by default: meta-estimators with metadata routing pass the subjects
+    __metadata_request__fit = {"groups": True}
+
     # ------------------------------------------------------------------ fit
 
     def fit(self, X, y=None, groups=None):

@@ -222,6 +222,9 @@ class MixedEffectsRegressor(RegressorMixin, BaseEstimator):
     array([ 1., -1.])
     """
 
+    # requested by default: meta-estimators with metadata routing pass the subjects
+    __metadata_request__fit = {"groups": True}
+
     def __init__(self, random_slope=True, reml=True, max_iter=200):
         self.random_slope = random_slope
         self.reml = reml

@@ -14,17 +14,24 @@ from numbers import Integral
 import numpy as np
 import pandas as pd
 from joblib import Parallel, delayed
+from sklearn import config_context
 from sklearn.base import clone, is_classifier
 from sklearn.exceptions import NotFittedError
+from sklearn.linear_model import RidgeCV
 from sklearn.metrics import check_scoring
-from sklearn.model_selection import BaseCrossValidator, StratifiedGroupKFold
+from sklearn.model_selection import BaseCrossValidator, GroupKFold, StratifiedGroupKFold
 from sklearn.utils import _safe_indexing, check_random_state
+from sklearn.utils.metadata_routing import get_routing_for_object
 from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_is_fitted
 
 from .exceptions import InputError
 
-__all__ = ["RepeatedStratifiedGroupKFold", "StudyResult", "run_study"]
+__all__ = ["RepeatedStratifiedGroupKFold", "StudyResult", "fit_with_groups", "grouped_ridge",
+           "run_study"]
+
+RIDGE_ALPHAS = np.logspace(-3, 3, 13)
+INNER_SPLITS = 3
 
 _SPLIT_COLUMNS = ("model", "repeat", "fold", "n_train", "n_test", "fit_time", "score_time")
 
@@ -360,7 +367,10 @@ def run_study(
     y : array-like of shape (n_samples,)
         Target.
     groups : array-like of shape (n_samples,)
-        Subject identifier of every scan.
+        Subject identifier of every scan. The training fold's subjects also go to
+        the ``fit`` of every model that requests ``groups`` through scikit-learn's
+        metadata routing (an inner ``GroupKFold``, :class:`ldae.BrainAgeRegressor`),
+        so no inner split puts one subject on both sides.
     cv : int, cross-validation splitter or iterable of (train, test)
         An int is ``RepeatedStratifiedGroupKFold(n_splits=cv, random_state=0)``.
         A splitter's ``split(X, y, groups)`` is called once. Splits that put one
@@ -399,7 +409,7 @@ def run_study(
     tasks = [(name, index) for name in models for index in range(len(splits))]
     outcomes = Parallel(n_jobs=n_jobs)(
         delayed(_fit_and_evaluate)(
-            clone(models[name]), X, y, *splits[index], scoring, return_predictions
+            clone(models[name]), X, y, groups, *splits[index], scoring, return_predictions
         )
         for name, index in tasks
     )
@@ -564,11 +574,51 @@ def _normalise_scoring(scoring, estimator):
     return scoring
 
 
-def _fit_and_evaluate(estimator, X, y, train, test, scoring, with_predictions):
+def fit_with_groups(estimator, X, y, groups):
+    """Fit an estimator, passing the subjects to whatever in it requests ``groups``.
+
+    The subjects travel by scikit-learn's metadata routing, so the inner splits of
+    a pipeline (a :func:`grouped_ridge`'s folds, a BrainAgeRegressor's bias CV)
+    never put one subject on both sides; an estimator that requests nothing is
+    fitted as ``estimator.fit(X, y)``.
+
+    Parameters
+    ----------
+    estimator : estimator
+    X, y : array-like of length n_samples
+    groups : array-like of shape (n_samples,)
+        Subject of every sample.
+
+    Returns
+    -------
+    estimator
+        The fitted estimator.
+    """
+    with config_context(enable_metadata_routing=True):
+        routed = get_routing_for_object(estimator).consumes("fit", ["groups"])
+        return estimator.fit(X, y, **({"groups": np.asarray(groups)} if routed else {}))
+
+
+def grouped_ridge():
+    """Ridge regression whose alpha (1e-3 ... 1e3) is chosen on subject-grouped inner folds.
+
+    ``RidgeCV``'s default leave-one-out choice of alpha leaks: another scan of the
+    left-out scan's subject stays in training, so features that merely identify
+    subjects look predictive and get too little shrinkage. Fit it with
+    :func:`fit_with_groups` (or :func:`run_study`, which does).
+
+    Returns
+    -------
+    sklearn.linear_model.RidgeCV
+    """
+    return RidgeCV(alphas=RIDGE_ALPHAS, cv=GroupKFold(INNER_SPLITS))
+
+
+def _fit_and_evaluate(estimator, X, y, groups, train, test, scoring, with_predictions):
     X_train, X_test = _safe_indexing(X, train), _safe_indexing(X, test)
     y_train, y_test = _safe_indexing(y, train), _safe_indexing(y, test)
     start = time.perf_counter()
-    estimator.fit(X_train, y_train)
+    fit_with_groups(estimator, X_train, y_train, groups[train])
     fit_time = time.perf_counter() - start
     # The multi-metric scorer caches predictions shared by several metrics.
     scores = check_scoring(estimator, scoring=scoring)(estimator, X_test, y_test)

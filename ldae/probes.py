@@ -15,14 +15,14 @@ from sklearn.base import clone
 from sklearn.compose import ColumnTransformer
 from sklearn.decomposition import PCA
 from sklearn.dummy import DummyRegressor
-from sklearn.linear_model import LogisticRegression, RidgeCV
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score, make_scorer, precision_score, recall_score
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 from . import stats
 from .exceptions import InputError
-from .model_selection import RepeatedStratifiedGroupKFold, run_study
+from .model_selection import RepeatedStratifiedGroupKFold, grouped_ridge, run_study
 
 # a fold whose probe predicts no AD scores 0 precision/F1 rather than warning per fold
 CLASSIFICATION_SCORING = {
@@ -136,10 +136,10 @@ def probe_embeddings(features, frame, *, voxels=None, fold_encoders=None, n_spli
     diagnosis = run_study(classifiers, X[diseased], is_ad, groups=subjects[diseased], cv=cv,
                           scoring=CLASSIFICATION_SCORING, n_jobs=n_jobs)
 
-    regressors = {name: _probe(columns[name], RidgeCV(alphas=np.logspace(-3, 3, 13)),
-                               pca=name == "PCA of voxels") for name in blocks}
+    regressors = {name: _probe(columns[name], grouped_ridge(), pca=name == "PCA of voxels")
+                  for name in blocks}
     regressors.update({name: _encoder_probe(columns["PCA of voxels"], volume_shape, encoder,
-                                            RidgeCV(alphas=np.logspace(-3, 3, 13)))
+                                            grouped_ridge())
                        for name, encoder in fold_encoders.items()})
     regressors[MEAN_AGE_BASELINE] = DummyRegressor(strategy="mean")
     age = run_study(regressors, X, frame["age"].to_numpy(dtype=float), groups=subjects, cv=cv,

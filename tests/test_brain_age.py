@@ -145,3 +145,41 @@ def test_bad_arguments_and_weak_predictions():
     noise = np.random.default_rng(0).normal(size=X.shape)
     with pytest.warns(UserWarning, match="slope"):
         BrainAgeRegressor(Ridge(alpha=1e4)).fit(noise, age)
+
+
+class _RecordingGroupKFold(GroupKFold):
+    """GroupKFold that records the subjects on each side of every split it makes."""
+
+    records = []
+
+    def split(self, X, y=None, groups=None):
+        for train, test in super().split(X, y, groups):
+            type(self).records.append((set(groups[train]), set(groups[test])))
+            yield train, test
+
+
+def test_run_study_gives_brain_age_its_subjects_and_no_inner_split_splits_one():
+    # rows ordered by visit: an unshuffled KFold without groups would split subjects
+    X, age, groups = make_ages(30)
+    by_visit = np.argsort(np.tile(np.arange(3), 30), kind="stable")
+    X, age, groups = X[by_visit], age[by_visit], groups[by_visit]
+    _RecordingGroupKFold.records = []
+    study = run_study({"brain age": BrainAgeRegressor(cv=_RecordingGroupKFold(3))}, X, age,
+                      groups=groups, cv=3, scoring="neg_mean_absolute_error")
+    # 3 outer folds x 3 inner bias folds, each with its subjects on one side only
+    assert len(_RecordingGroupKFold.records) == 9
+    assert all(train.isdisjoint(test) for train, test in _RecordingGroupKFold.records)
+    assert study.scores["neg_mean_absolute_error"].notna().all()
+
+
+def test_default_age_model_chooses_its_alpha_on_subject_grouped_folds():
+    # features that only identify subjects, ages unrelated to them: leave-one-scan-out
+    # alpha selection sees other scans of the subject and shrinks too little
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(40), 4)
+    X = rng.normal(size=(40, 30))[groups] + rng.normal(0, 0.05, (160, 30))
+    age = rng.uniform(55, 90, 40)[groups]
+    grouped = BrainAgeRegressor(cv=None).fit(X, age, groups=groups)
+    leaky = BrainAgeRegressor(cv=None).fit(X, age)
+    grouped_alpha = grouped.estimator_[-1].alpha_
+    assert grouped_alpha == 1e3 and leaky.estimator_[-1].alpha_ < grouped_alpha

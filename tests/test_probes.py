@@ -52,6 +52,17 @@ def test_informative_features_beat_noise_on_the_same_folds(frame):
     assert row.mean_difference < 0
 
 
+def test_features_that_only_identify_subjects_do_not_beat_the_mean_age(frame):
+    # each subject's scans share a random code unrelated to age: the ridge's alpha
+    # must be chosen on subject-grouped folds, or it memorises subjects and errs more
+    rng = np.random.default_rng(3)
+    subject_codes = rng.normal(size=(frame.subject.nunique(), 60))
+    identity = subject_codes[frame.subject.factorize()[0]] + rng.normal(0, 0.05, (len(frame), 60))
+    results = probe_embeddings({"identity": identity}, frame, n_splits=4)
+    mae = results.age.scores.groupby("model")["mae"].mean().abs()
+    assert mae["identity"] < 1.1 * mae[MEAN_AGE_BASELINE]  # 1.34x with leave-one-scan-out
+
+
 def test_voxel_pca_baseline_is_added(frame):
     rng = np.random.default_rng(2)
     voxels = rng.normal(size=(len(frame), 4, 5, 4)).astype(np.float32)
