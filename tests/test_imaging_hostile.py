@@ -6,6 +6,7 @@ volume in [0, 1] or raise InputError naming the file, nothing else. Then
 on_error="skip": bad scans are left out, recorded, and do not end a run.
 """
 
+import bz2
 import gzip
 import logging
 import os
@@ -87,6 +88,16 @@ def opposite_extremes():
 
 
 VALID = nifti_bytes(volume())
+
+
+def flipped(content, position, bit=0):
+    content = bytearray(content)
+    content[position] ^= 1 << bit
+    return bytes(content)
+
+
+# the gzip trailer: CRC-32 of the data, then its length modulo 2^32 (8 bytes in all)
+GZIPPED = gzip.compress(VALID)
 CORPUS = {
     # name: (file name, bytes or "directory", expected message, preprocessing)
     "empty file": ("empty.nii", b"", "not a readable NIfTI image", None),
@@ -111,6 +122,13 @@ CORPUS = {
     "10^6 voxels per row, gzip": (
         "million.nii.gz", nifti2_claiming_a_million_voxels_per_row(),
         "truncated or corrupt file: its header claims 560000544 bytes", None),
+    "600^3 voxels claimed, bz2": (
+        "bomb.nii.bz2", bz2.compress(patched((DIM + 2, "3h", 600, 600, 600))),
+        "its header claims 216000000 voxels (shape (600, 600, 600)), more than "
+        "Preprocessing(max_voxels=134217728)", None),
+    "more voxels than max_voxels": (
+        "big.nii", VALID, "more than Preprocessing(max_voxels=1000)",
+        Preprocessing(shape=SHAPE, max_voxels=1000)),
     "zero voxel size": ("zero.nii", patched((SROW_X, "f", 0.0)), "affine is singular", None),
     "NaN voxel size": ("nan.nii", patched((SROW_X, "f", np.nan)), "finite 4x4 matrix", None),
     "infinite voxel size": ("inf.nii", patched((SROW_X, "f", np.inf)), "finite 4x4 matrix", None),
@@ -134,10 +152,25 @@ CORPUS = {
                              "span more than float32 holds", None),
     "constant": ("flat.nii", nifti_bytes(np.full(SHAPE, 5.0, np.float32)), "constant", None),
     "truncated .nii": ("cut.nii", VALID[: len(VALID) // 2], "truncated file", None),
-    "truncated .nii.gz": ("cut.nii.gz", gzip.compress(VALID)[:-200],
-                          "cannot read the image data", None),
+    "truncated .nii.gz": ("cut.nii.gz", gzip.compress(VALID)[:-200], "truncated gzip file",
+                          None),
     "gzip cut in the header": ("cut.nii.gz", gzip.compress(VALID)[:30], "not a readable", None),
+    "gzip cut in its trailer": ("cut.nii.gz", GZIPPED[:-4], "truncated gzip file", None),
+    "gzip CRC-32 flipped": ("crc.nii.gz", flipped(GZIPPED, len(GZIPPED) - 8),
+                            "corrupt gzip data", None),
+    "gzip length flipped": ("length.nii.gz", flipped(GZIPPED, len(GZIPPED) - 1),
+                            "corrupt gzip data", None),
 }
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(position=st.integers(len(GZIPPED) // 2, len(GZIPPED) - 9), bit=st.integers(0, 7))
+def test_a_flipped_bit_in_gzip_voxels_is_refused_not_read(tmp_path, position, bit):
+    # nibabel alone reads most such files with wrong voxels: it stops before the CRC
+    path = tmp_path / "flipped.nii.gz"
+    path.write_bytes(flipped(GZIPPED, position, bit))
+    with pytest.raises(InputError, match=f"^{path}: (corrupt|truncated) gzip"):
+        load(str(path))
 
 
 def load(path, preprocessing=None):
@@ -247,6 +280,16 @@ def test_skip_leaves_out_bad_headers_and_odd_grids_and_records_them(mixed_scans)
     np.testing.assert_array_equal(dataset[1], as_volume_dataset([mixed_scans[2]])[0])
 
 
+def test_a_memory_bomb_is_skipped_without_stopping_the_cohort(tmp_path):
+    good, bomb = tmp_path / "good.nii", tmp_path / "bomb.nii.bz2"
+    good.write_bytes(VALID)
+    bomb.write_bytes(bz2.compress(patched((DIM + 2, "3h", 600, 600, 600))))
+    with pytest.warns(SkippedScanWarning, match="bomb.nii.bz2"):
+        dataset = as_volume_dataset([str(bomb), str(good)], Preprocessing(shape=SHAPE),
+                                    on_error="skip")
+    assert dataset.names == [str(good)] and "max_voxels" in dataset.skipped_["error"][0]
+
+
 def test_screen_reads_every_scan_and_keeps_the_usable_ones(mixed_scans):
     with pytest.warns(SkippedScanWarning):
         dataset = as_volume_dataset(mixed_scans, on_error="skip")
@@ -291,7 +334,7 @@ def test_encoder_with_skip_fits_around_a_broken_scan_and_gives_it_a_nan_row(tmp_
         model = LDAEEncoder(**settings).fit(X, groups=groups)  # groups follow the usable scans
     assert model.skipped_scans_["scan"].tolist() == [str(broken)]
     assert model.skipped_scans_["position"].tolist() == [2]
-    assert "cannot read the image data" in model.skipped_scans_["error"][0]
+    assert "truncated gzip file" in model.skipped_scans_["error"][0]
     with pytest.warns(SkippedScanWarning, match="broken.nii.gz"):
         embeddings = model.transform(X)
     assert embeddings.shape == (len(X), model.config_.embedding_dim)

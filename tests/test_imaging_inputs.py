@@ -240,7 +240,7 @@ def test_a_damaged_gzip_is_named_when_read(tmp_path, damage):
     with gzip.open(path) as file:  # the header still reads
         file.read(348)
     dataset = as_volume_dataset([path])
-    with pytest.raises(InputError, match=r"damaged\.nii\.gz: cannot read the image data"):
+    with pytest.raises(InputError, match=r"damaged\.nii\.gz: (truncated|corrupt) gzip"):
         dataset[0]
 
 

@@ -10,11 +10,14 @@ and a header that claims more data than the file can hold is refused before
 any memory is allocated for it.
 """
 
+import io
 import math
 import os
+import zlib
 
 import nibabel as nib
 import numpy as np
+from nibabel.arrayproxy import ArrayProxy
 from nibabel.spatialimages import SpatialImage
 
 from ..exceptions import InputError
@@ -22,6 +25,9 @@ from ..exceptions import InputError
 _COMPRESSED_SUFFIXES = (".gz", ".bz2", ".zst")
 # Deflate expands at most 1032-fold: a gzip file claiming more data is damaged.
 _DEFLATE_MAX_RATIO = 1032
+# A gzip stream is decompressed in pieces of at most this many bytes beyond the
+# data the header claims (trailing bytes are checked, never accumulated).
+_GZIP_PIECE = 2**24
 # Voxel data types a scan may hold: booleans, integers and reals (not complex
 # numbers, RGB triplets or other structured types).
 _SCALAR_KINDS = "biuf"
@@ -84,13 +90,21 @@ def check_data_type(image, name):
         )
 
 
+def _data_file(image):
+    """(file name, bytes its header needs) of a file-backed image, else None."""
+    proxy = image.dataobj
+    data_file = image.file_map["image"].filename
+    if data_file is None or not isinstance(proxy, ArrayProxy):
+        return None
+    return data_file, int(proxy.offset) + math.prod(proxy.shape) * proxy.dtype.itemsize
+
+
 def _check_file_size(image, path):
     """Catch a truncated file, or absurd dimensions, from sizes alone."""
-    data_file = image.file_map["image"].filename
-    proxy = image.dataobj
-    if not hasattr(proxy, "offset"):
+    if _data_file(image) is None:
         return
-    needed = int(proxy.offset) + math.prod(int(n) for n in proxy.shape) * proxy.dtype.itemsize
+    data_file, needed = _data_file(image)
+    proxy = image.dataobj
     size = os.path.getsize(data_file)
     if data_file.endswith(".gz") and needed > _DEFLATE_MAX_RATIO * size:
         raise InputError(
@@ -192,8 +206,43 @@ def read_volume(image, name):
     """
     spatial_shape(image.shape, name)
     check_data_type(image, name)
+    source = _data_file(image)
     try:
-        data = image.get_fdata(caching="unchanged", dtype=np.float32)
+        if source is not None and source[0].endswith(".gz"):
+            data = _read_gzip_data(image, *source, name)
+        else:
+            data = image.get_fdata(caching="unchanged", dtype=np.float32)
+    except InputError:
+        raise
     except Exception as exc:  # decoding hostile bytes: any failure means a bad file
         raise InputError(f"{name}: cannot read the image data ({_describe(exc)})") from exc
     return data[(slice(None),) * 3 + (0,) * (data.ndim - 3)]
+
+
+def _read_gzip_data(image, path, needed, name):
+    """Decode a gzip image's voxels, checking the whole stream (CRC-32 and length).
+
+    nibabel stops reading once it has the voxels, before the gzip trailer, so a
+    flipped bit would pass unnoticed; decompressing here, once, reaches the end.
+    """
+    with open(path, "rb") as file:
+        compressed = file.read()
+    decompressor = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        data = decompressor.decompress(compressed, needed)
+        while decompressor.unconsumed_tail:  # bytes after the voxels: checked, dropped
+            decompressor.decompress(decompressor.unconsumed_tail, _GZIP_PIECE)
+        while decompressor.eof and decompressor.unused_data:  # a further gzip member
+            rest = decompressor.unused_data
+            decompressor = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+            decompressor.decompress(rest, _GZIP_PIECE)
+            while decompressor.unconsumed_tail:
+                decompressor.decompress(decompressor.unconsumed_tail, _GZIP_PIECE)
+    except zlib.error as exc:
+        raise InputError(f"{name}: corrupt gzip data ({exc}); the file is damaged") from exc
+    if not decompressor.eof or len(data) < needed:
+        raise InputError(f"{name}: truncated gzip file (the stream ends early); the file is damaged")
+    proxy = image.dataobj
+    copy = ArrayProxy(io.BytesIO(data), (proxy.shape, proxy.dtype, proxy.offset, proxy.slope,
+                                          proxy.inter), order=proxy.order)
+    return np.asarray(copy, dtype=np.float32)

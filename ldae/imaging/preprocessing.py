@@ -9,6 +9,7 @@ a cache key.
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass
 from functools import cached_property
@@ -18,7 +19,7 @@ import numpy as np
 from nibabel.spatialimages import SpatialImage
 
 from ..exceptions import InputError
-from .grid import plan_grid
+from .grid import format_sizes, plan_grid
 from .nifti import check_affine, open_image, read_volume, spatial_shape
 
 # Bump when a change of the code changes the volumes it produces: it is part of
@@ -59,6 +60,11 @@ class Preprocessing:
     nan_policy : {"raise", "zero"}, default="raise"
         What to do with NaN or infinite voxels: raise an InputError naming
         the scan, or set them to 0.
+    max_voxels : int, default=512**3
+        Largest number of voxels a scan's header may claim (all volumes
+        together). A larger claim is refused from the header, before any
+        memory is allocated: a damaged or hostile file cannot exhaust memory.
+        Not part of the cache key (it never changes a volume).
     """
 
     shape: tuple | None = None
@@ -66,6 +72,7 @@ class Preprocessing:
     percentiles: tuple = (0.5, 99.5)
     brain_mask: object = None
     nan_policy: str = "raise"
+    max_voxels: int = 512**3
 
     def __post_init__(self):
         # Settings are normalised once so that equal settings compare and
@@ -75,6 +82,10 @@ class Preprocessing:
         set_field(self, "voxel_size", _check_voxel_size(self.voxel_size))
         set_field(self, "percentiles", _check_percentiles(self.percentiles))
         set_field(self, "brain_mask", _check_mask_argument(self.brain_mask))
+        if not _is_int(self.max_voxels) or self.max_voxels < 8:
+            raise InputError(
+                f"Preprocessing(max_voxels={self.max_voxels!r}): expected an integer >= 8"
+            )
         if self.nan_policy not in _NAN_POLICIES:
             raise InputError(
                 f"Preprocessing(nan_policy={self.nan_policy!r}): expected one of {_NAN_POLICIES}"
@@ -95,6 +106,7 @@ class Preprocessing:
             "percentiles": list(self.percentiles),
             "brain_mask": self.brain_mask,
             "nan_policy": self.nan_policy,
+            "max_voxels": self.max_voxels,
         }
 
     @classmethod
@@ -129,6 +141,7 @@ class Preprocessing:
     def cache_key(self):
         """Hex digest of the settings (the mask by content) and the pipeline version."""
         settings = self.to_dict()
+        del settings["max_voxels"]
         if self.mask is not None:
             inside, affine = self.mask
             settings["brain_mask"] = hashlib.sha256(inside.tobytes() + affine.tobytes()).hexdigest()
@@ -154,9 +167,17 @@ class Preprocessing:
         Raises
         ------
         InputError
-            If the scan is not one 3D volume, its affine is unusable, or the
+            If the header claims more than ``max_voxels`` voxels, the scan is not
+            one 3D volume, its affine is unusable, or the
             brain mask does not lie on its target grid.
         """
+        claimed = math.prod(int(n) for n in shape)
+        if claimed > self.max_voxels:
+            raise InputError(
+                f"{name}: its header claims {claimed} voxels (shape {format_sizes(shape)}), "
+                f"more than Preprocessing(max_voxels={self.max_voxels}); raise max_voxels "
+                "if the scan is really that large"
+            )
         grid = plan_grid(
             spatial_shape(shape, name),
             check_affine(affine, name),
