@@ -10,6 +10,7 @@ statsmodels and scikit-learn.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from itertools import combinations
 from numbers import Integral
@@ -91,7 +92,10 @@ class ConfidenceInterval:
     confidence_level : float
         ``1 - alpha``.
     distribution : ndarray
-        The bootstrap replicates of the metric.
+        The bootstrap replicates of the metric (those where it is defined).
+    n_undefined : int, default=0
+        Replicates left out because the metric was undefined on them (e.g. a
+        ROC-AUC on a resample of a single class).
     """
 
     estimate: float
@@ -99,6 +103,7 @@ class ConfidenceInterval:
     high: float
     confidence_level: float
     distribution: np.ndarray = field(repr=False)
+    n_undefined: int = 0
 
 
 def corrected_ttest(scores_a, scores_b, *, n_train, n_test, alpha=0.05):
@@ -407,6 +412,16 @@ def bootstrap_ci(y_true, y_pred, metric, *, groups, n_boot=1000, alpha=0.05, ran
     -------
     interval : ConfidenceInterval
         The metric on all data, the percentile bounds and the replicates.
+        Replicates on which the metric is undefined (it raises ``ValueError`` or
+        gives a non-finite value, as a ROC-AUC of one class does) are left out
+        of the bounds and counted in ``n_undefined``, with a warning; never a
+        silent NaN bound.
+
+    Raises
+    ------
+    InputError
+        If the metric is undefined on the data, or on more than half of the
+        replicates (too few subjects of some class).
     """
     y_true = np.asarray(y_true)
     y_pred = np.asarray(y_pred)
@@ -421,15 +436,43 @@ def bootstrap_ci(y_true, y_pred, metric, *, groups, n_boot=1000, alpha=0.05, ran
     rows_of_subject = _rows_by_subject(np.asarray(groups))
     rng = check_random_state(random_state)
 
+    estimate = _defined_metric(metric, y_true, y_pred)
+    if np.isnan(estimate):
+        raise InputError(f"metric: {_name(metric)} is undefined on these data")
     replicates = np.empty(n_boot)
     for b in range(n_boot):
         drawn = rng.randint(len(rows_of_subject), size=len(rows_of_subject))
         rows = np.concatenate([rows_of_subject[s] for s in drawn])
-        replicates[b] = metric(y_true[rows], y_pred[rows])
-    low, high = np.quantile(replicates, [alpha / 2, 1 - alpha / 2])
-    return ConfidenceInterval(
-        float(metric(y_true, y_pred)), float(low), float(high), 1 - alpha, replicates
-    )
+        replicates[b] = _defined_metric(metric, y_true[rows], y_pred[rows])
+    defined = replicates[~np.isnan(replicates)]
+    n_undefined = n_boot - len(defined)
+    if n_undefined > n_boot / 2:
+        raise InputError(
+            f"metric: {_name(metric)} is undefined on {n_undefined} of {n_boot} subject "
+            "resamples (too few subjects of some class); no interval can be given"
+        )
+    if n_undefined:
+        warnings.warn(
+            f"bootstrap_ci: {_name(metric)} is undefined on {n_undefined} of {n_boot} "
+            "resamples (e.g. a single class drawn); the interval uses the other "
+            f"{len(defined)}", UserWarning, stacklevel=2)
+    low, high = np.quantile(defined, [alpha / 2, 1 - alpha / 2])
+    return ConfidenceInterval(estimate, float(low), float(high), 1 - alpha, defined, n_undefined)
+
+
+def _defined_metric(metric, y_true, y_pred):
+    """The metric's value, or NaN where it is undefined (raises or is not finite)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scikit-learn warns, then returns NaN, on one class
+        try:
+            value = float(metric(y_true, y_pred))
+        except ValueError:
+            return np.nan
+    return value if np.isfinite(value) else np.nan
+
+
+def _name(metric):
+    return getattr(metric, "__name__", type(metric).__name__)
 
 
 def compare_models(study_result, *, metric, method="holm"):

@@ -62,3 +62,9 @@ def test_guide_pages_exist_and_their_links_resolve():
         for target in re.findall(r"\]\(([^)#\s]+)", page.read_text()):
             if "://" not in target:
                 assert (page.parent / target).exists(), f"{page.name} links to missing {target}"
+
+
+def test_the_user_guide_warns_that_loading_a_pickle_runs_code():
+    guide = (Path(__file__).resolve().parent.parent / "docs" / "user-guide.md").read_text()
+    assert "loading a pickle or joblib file runs whatever code it contains" in guide
+    assert "LDAEEncoder.load(path)` are the safe" in guide

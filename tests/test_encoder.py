@@ -202,8 +202,9 @@ def test_save_and_load_without_pickled_code(cohort, fitted, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"], "a temporary file was left behind"
     # a file that would execute code when unpickled is refused
     torch.save({"format": "ldae.LDAEEncoder", "evil": _Exploit()}, tmp_path / "evil.pt")
-    with pytest.raises(CheckpointError, match="evil.pt"):
+    with pytest.raises(CheckpointError, match="evil.pt holds Python objects") as refused:
         LDAEEncoder.load(tmp_path / "evil.pt")
+    assert "weights_only=False" not in str(refused.value)  # never advise running the code
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(CheckpointError, match="truncated.pt"):

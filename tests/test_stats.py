@@ -245,6 +245,22 @@ def test_bootstrap_ci_resamples_subjects_not_scans():
         stats.bootstrap_ci(y_true, y_pred, mean_absolute_error, groups=groups[:-1])
 
 
+def test_bootstrap_ci_leaves_out_and_counts_resamples_where_the_metric_is_undefined():
+    # 8 subjects: many resamples draw a single class, where ROC-AUC is undefined
+    groups = np.repeat(np.arange(8), 2)
+    y_true = np.repeat([0, 1, 0, 1, 0, 1, 0, 1], 2)
+    scores = y_true + np.random.default_rng(0).normal(0, 0.8, 16)
+    with pytest.warns(UserWarning, match=r"undefined on \d+ of 200 resamples"):
+        interval = stats.bootstrap_ci(y_true, scores, roc_auc_score, groups=groups, n_boot=200,
+                                      random_state=0)
+    assert 0 < interval.n_undefined < 100
+    assert len(interval.distribution) == 200 - interval.n_undefined
+    assert np.isfinite([interval.low, interval.high]).all()
+    assert 0 <= interval.low <= interval.estimate <= interval.high <= 1
+    with pytest.raises(InputError, match="undefined on these data"):
+        stats.bootstrap_ci(np.zeros(16), scores, roc_auc_score, groups=groups)
+
+
 @pytest.fixture(scope="module")
 def three_model_study():
     subject_X, subject_y = make_classification(36, 4, random_state=0)

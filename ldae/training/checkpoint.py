@@ -11,6 +11,7 @@ were damaged without complaint; the digest, checked on every load, catches it.
 """
 
 import hashlib
+import pickle
 from pathlib import Path
 
 import torch
@@ -71,7 +72,13 @@ def load_checkpoint(path):
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         container = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for a damaged zip or a pickle
+    except pickle.UnpicklingError:
+        # torch's own message suggests weights_only=False: that would run the code
+        raise CheckpointError(
+            f"checkpoint {path} holds Python objects other than tensors and plain values, "
+            "which would run code when unpickled; ldae refuses to load it"
+        ) from None
+    except Exception as error:  # torch raises many types for a damaged zip
         raise CheckpointError(
             f"checkpoint {path} is truncated, corrupt or not an ldae checkpoint "
             f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
