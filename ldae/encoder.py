@@ -340,8 +340,14 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
             train_loader, loaders.pairs(z0, dataset, val_index, image_input),
             checkpoints, device, seed,
         )
-        calibrate_code_statistics(semantic_encoder, _encoder_inputs(
+        degenerate = calibrate_code_statistics(semantic_encoder, _encoder_inputs(
             z0, dataset, train_index, image_input, config.batch_size, device))
+        if degenerate:
+            warnings.warn(
+                f"{degenerate} of {config.embedding_dim} embedding dimensions barely vary "
+                "across the training scans (identical or near-identical scans?); they are "
+                "standardised with a floor on their spread, and carry no information",
+                UserWarning, stacklevel=3)
         self.unet_ = _frozen(unet)
         self.semantic_encoder_ = _frozen(semantic_encoder)
         self.estimator_ = _frozen(estimator)

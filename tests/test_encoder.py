@@ -382,3 +382,16 @@ def test_paper_preset_constructs_and_embeds_one_full_size_scan():
     assert 1e7 < counts["autoencoder_"] < 1e8
     assert 1e8 < counts["unet_"] < 1e9
     assert model.transform(scan).shape == (1, 768)
+
+
+def test_identical_training_scans_warn_and_keep_embeddings_in_scale(cohort):
+    # 4 copies of one scan: every code dimension has ~0 spread across the training set
+    copies = np.repeat(cohort.images[:1], 4, axis=0)
+    with pytest.warns(UserWarning, match=r"of 32 embedding dimensions barely vary"):
+        model = LDAEEncoder(**FAST, embedding_dim=32, random_state=0,
+                            validation_fraction=0).fit(copies)
+    embeddings = model.transform(np.concatenate([copies[:1], cohort.images[1:3]]))
+    assert np.isfinite(embeddings).all()
+    np.testing.assert_allclose(embeddings[0], 0, atol=1e-3)  # the training scan: centred
+    # other scans: in units of the codes' own size, not divided by ~0 spread
+    assert np.abs(embeddings).max() < 10

@@ -173,6 +173,11 @@ class LatentSemanticEncoder(nn.Module):
         return self.standardize(self.norm(self.projection(pooled)))
 
 
+DEGENERATE_SPREAD = 1e-3
+"""A code dimension whose SD across the training scans is below this fraction of the
+codes' RMS value carries no information about them."""
+
+
 class CodeStandardization(nn.BatchNorm1d):
     """Standardise every code dimension over the training scans (BatchNorm, no affine).
 
@@ -205,11 +210,26 @@ class CodeStandardization(nn.BatchNorm1d):
 
     @torch.no_grad()
     def set_statistics(self, codes):
-        """Use the mean and variance of ``codes`` (N, embedding_dim), before standardisation."""
+        """Use the mean and variance of ``codes`` (N, embedding_dim), before standardisation.
+
+        A dimension whose spread across the scans is below ``DEGENERATE_SPREAD`` times
+        the codes' root-mean-square value (identical or near-identical training
+        scans) is centred and divided by that RMS value, rather than by its ~0
+        spread, which would inflate it (and its noise) a thousandfold.
+
+        Returns
+        -------
+        int
+            The number of such degenerate dimensions.
+        """
         codes = codes.float()
+        variance = (codes.var(dim=0, unbiased=False) if len(codes) > 1
+                    else torch.ones_like(self.running_var))
+        mean_square = codes.square().mean()
+        degenerate = variance < DEGENERATE_SPREAD**2 * mean_square
         self.running_mean.copy_(codes.mean(dim=0))
-        self.running_var.copy_(codes.var(dim=0, unbiased=False) if len(codes) > 1
-                               else torch.ones_like(self.running_var))
+        self.running_var.copy_(torch.where(degenerate, mean_square.clamp_min(self.eps), variance))
+        return int(degenerate.sum())
 
 
 @torch.no_grad()
@@ -222,6 +242,12 @@ def calibrate_code_statistics(semantic_encoder, inputs):
     inputs : iterable of torch.Tensor
         Batches of what the encoder reads (volumes or latents), on its device:
         the training scans.
+
+    Returns
+    -------
+    int
+        Number of code dimensions that barely vary across these scans
+        (see :meth:`CodeStandardization.set_statistics`).
     """
     standardize = semantic_encoder.standardize
     semantic_encoder.eval()
@@ -232,4 +258,4 @@ def calibrate_code_statistics(semantic_encoder, inputs):
             semantic_encoder(batch)
     finally:
         hook.remove()
-    standardize.set_statistics(torch.cat(captured))
+    return standardize.set_statistics(torch.cat(captured))
