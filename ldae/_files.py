@@ -1,8 +1,14 @@
 """Atomic file writing: every file the library writes appears whole or not at all."""
 
+import glob
 import os
 import tempfile
+import time
 from pathlib import Path
+
+# A temporary of ours untouched for this long was left by a killed writer (a live
+# one streams into it, then renames it within milliseconds).
+STALE_SECONDS = 60
 
 
 def _current_umask():
@@ -17,6 +23,8 @@ def write_atomically(path, write):
     The temporary file sits in the destination folder (so the rename is atomic) and
     keeps the destination's suffixes (nibabel picks gzip from ``.nii.gz``). It gets
     the permissions a plain ``open`` would give, not ``mkstemp``'s private 0600.
+    Temporaries of the same destination that a killed run left behind (untouched
+    for ``STALE_SECONDS``) are removed first.
 
     Parameters
     ----------
@@ -27,8 +35,9 @@ def write_atomically(path, write):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
-                                             suffix="".join(path.suffixes) or ".tmp")
+    prefix, suffix = f".{path.name}.", "".join(path.suffixes) or ".tmp"
+    _remove_stale_temporaries(path.parent, prefix, suffix)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=suffix)
     os.close(descriptor)
     try:
         write(Path(temporary))
@@ -39,3 +48,14 @@ def write_atomically(path, write):
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def _remove_stale_temporaries(folder, prefix, suffix):
+    pattern = os.path.join(glob.escape(str(folder)), glob.escape(prefix) + "*" + glob.escape(suffix))
+    deadline = time.time() - STALE_SECONDS
+    for leftover in glob.glob(pattern):
+        try:
+            if os.stat(leftover).st_mtime < deadline:
+                os.unlink(leftover)
+        except FileNotFoundError:  # another run removed or renamed it meanwhile
+            pass

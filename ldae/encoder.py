@@ -1,7 +1,5 @@
 """LDAEEncoder: the Latent Diffusion Autoencoder as a scikit-learn transformer."""
 
-import hashlib
-import json
 import time
 import warnings
 
@@ -646,12 +644,11 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
         # A stage's checkpoint depends only on the settings of that stage and the
         # ones before it: a fit that changes stage 3 (the untrained-encoder control
         # with representation_epochs=0, say) reuses stages 1 and 2.
-        fingerprints = {}
-        for stage, later_settings in _LATER_STAGE_SETTINGS.items():
-            config_of_stage = {key: value for key, value in settings["config"].items()
-                               if key not in later_settings and key not in _INFERENCE_SETTINGS}
-            fingerprints[stage] = hashlib.sha256(json.dumps(
-                {**settings, "config": config_of_stage}, sort_keys=True).encode()).hexdigest()
+        config = settings.pop("config")
+        fingerprints = {
+            stage: {**settings, **{key: value for key, value in config.items()
+                                   if key not in later_settings and key not in _INFERENCE_SETTINGS}}
+            for stage, later_settings in _LATER_STAGE_SETTINGS.items()}
         return StageCheckpoints(self.checkpoint_dir, fingerprints)
 
 

@@ -7,6 +7,7 @@ import torch
 
 from ldae.exceptions import CheckpointError
 from ldae.training.checkpoint import StageCheckpoints, load_checkpoint, save_checkpoint
+from ldae.training.loop import Stage, train_stage
 
 
 def payload():
@@ -124,3 +125,61 @@ def test_stage_checkpoints_refuse_a_corrupt_stage_and_ignore_another_fits(tmp_pa
     path.write_bytes(path.read_bytes()[:-100])
     with pytest.raises(CheckpointError, match=rf"{path} is truncated"):
         checkpoints.load("autoencoder")
+
+
+def _regression_stage(epochs):
+    """A linear model trained by SGD on shuffled batches: order changes the weights."""
+    torch.manual_seed(0)
+    network = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(network.parameters(), lr=0.1)
+
+    def step(batch, generator):
+        x, y = batch
+        noise = torch.randn(y.shape, generator=generator) * 0.01
+        loss = ((network(x) - y - noise) ** 2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return float(loss)
+
+    stage = Stage("diffusion", step, lambda batch, generator: 0.0,
+                  {"network": network, "optimizer": optimizer}, epochs)
+    return stage, network
+
+
+def _shuffled_loader():
+    data = torch.utils.data.TensorDataset(torch.randn(24, 3, generator=torch.Generator().manual_seed(1)),
+                                          torch.randn(24, 1, generator=torch.Generator().manual_seed(2)))
+    return torch.utils.data.DataLoader(data, batch_size=4, shuffle=True,
+                                       generator=torch.Generator().manual_seed(3))
+
+
+def test_a_stage_resumed_mid_way_is_bitwise_the_uninterrupted_one(tmp_path):
+    stage, network = _regression_stage(6)
+    train_stage(stage, _shuffled_loader(), generator=torch.Generator().manual_seed(0))
+    uninterrupted = network.weight.detach().clone()
+
+    class Killed(Exception):
+        pass
+
+    stage, network = _regression_stage(6)
+    checkpoints = StageCheckpoints(tmp_path, fingerprint="fit")
+    step, calls = stage.step, []
+
+    def dies_in_epoch_4(batch, generator):
+        calls.append(1)
+        if len(calls) > 3 * 6:  # 6 batches per epoch
+            raise Killed
+        return step(batch, generator)
+
+    stage.step = dies_in_epoch_4
+    with pytest.raises(Killed):  # a periodic checkpoint after every epoch
+        train_stage(stage, _shuffled_loader(), generator=torch.Generator().manual_seed(0),
+                    checkpoints=checkpoints, checkpoint_seconds=0)
+    assert checkpoints.load("diffusion", partial=True)["epochs_done"] == 3
+
+    stage, network = _regression_stage(6)  # a new process: fresh loader and generators
+    train_stage(stage, _shuffled_loader(), generator=torch.Generator().manual_seed(0),
+                checkpoints=checkpoints, checkpoint_seconds=0)
+    assert torch.equal(network.weight, uninterrupted)
+    assert len(stage.history["loss"]) == 6

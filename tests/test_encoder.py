@@ -348,7 +348,9 @@ def test_fit_resumes_after_an_interruption(cohort, tmp_path, monkeypatch):
 def test_checkpoints_of_other_settings_are_not_reused(cohort, tmp_path):
     LDAEEncoder(**FAST, random_state=0, checkpoint_dir=tmp_path).fit(cohort.images)
     stamp = (tmp_path / "autoencoder.pt").stat().st_mtime_ns
-    LDAEEncoder(**FAST, random_state=0, checkpoint_dir=tmp_path, ae_lr=5e-4).fit(cohort.images)
+    with pytest.warns(UserWarning, match=r"autoencoder\.pt belongs to another fit \(these differ: "
+                                         r"ae_lr\); the autoencoder stage is trained again"):
+        LDAEEncoder(**FAST, random_state=0, checkpoint_dir=tmp_path, ae_lr=5e-4).fit(cohort.images)
     assert (tmp_path / "autoencoder.pt").stat().st_mtime_ns != stamp
 
 

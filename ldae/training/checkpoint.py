@@ -11,7 +11,9 @@ were damaged without complaint; the digest, checked on every load, catches it.
 """
 
 import hashlib
+import json
 import pickle
+import warnings
 from pathlib import Path
 
 import torch
@@ -152,7 +154,8 @@ class StageCheckpoints:
     a periodic file per stage in progress.
 
     Every file carries the fingerprint of the fit's settings and data; a file with
-    another fingerprint belongs to another fit and is ignored (then overwritten).
+    another fingerprint belongs to another fit: it is ignored (then overwritten),
+    with a warning that names the settings that differ.
     In a data-parallel fit, process 0 writes the files and every process reads
     them: the folder must be one that all processes see.
 
@@ -162,7 +165,9 @@ class StageCheckpoints:
     fingerprint : str or dict
         Hash of everything that makes two fits the same (settings and data); a
         dict gives each stage (by name) its own, so that fits which differ only in
-        a later stage share the earlier stages' files.
+        a later stage share the earlier stages' files. A stage's fingerprint may
+        itself be a dict of named JSON-able settings: each is stored as a digest,
+        so that a mismatch can say which settings changed.
     """
 
     def __init__(self, directory, fingerprint):
@@ -170,7 +175,10 @@ class StageCheckpoints:
         self.fingerprint = fingerprint
 
     def _fingerprint(self, stage):
-        return self.fingerprint[stage] if isinstance(self.fingerprint, dict) else self.fingerprint
+        value = self.fingerprint[stage] if isinstance(self.fingerprint, dict) else self.fingerprint
+        if isinstance(value, dict):
+            return {key: _digest(item) for key, item in value.items()}
+        return value
 
     def _path(self, stage, partial):
         return self.directory / f"{stage}{'.partial' if partial else ''}.pt"
@@ -183,7 +191,13 @@ class StageCheckpoints:
         payload = load_checkpoint(path)
         if not isinstance(payload, dict) or "fingerprint" not in payload:
             raise CheckpointError(f"checkpoint {path} is not an ldae stage checkpoint")
-        return payload if payload["fingerprint"] == self._fingerprint(stage) else None
+        expected = self._fingerprint(stage)
+        if payload["fingerprint"] == expected:
+            return payload
+        warnings.warn(f"checkpoint {path} belongs to another fit ({_changes(payload['fingerprint'], expected)}); "
+                      f"the {stage} stage is trained again and the file overwritten",
+                      UserWarning, stacklevel=2)
+        return None
 
     def save(self, stage, payload, *, partial=False):
         """Write ``payload`` for ``stage`` atomically; a completed stage drops its partial file.
@@ -196,3 +210,16 @@ class StageCheckpoints:
             if not partial:
                 self._path(stage, True).unlink(missing_ok=True)
         distributed.barrier()
+
+
+def _digest(value):
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _changes(stored, expected):
+    """Which named settings differ between two fingerprints, in words."""
+    if not (isinstance(stored, dict) and isinstance(expected, dict)):
+        return "its settings or data differ"
+    changed = sorted(key for key in stored.keys() | expected.keys()
+                     if stored.get(key) != expected.get(key))
+    return "these differ: " + ", ".join(changed)

@@ -1,6 +1,7 @@
 """The epoch loop shared by the three stages: batches, validation, progress, resume."""
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -9,6 +10,10 @@ from tqdm.auto import tqdm
 
 from ..exceptions import LDAEError
 from . import distributed
+
+
+CHECKPOINT_SECONDS = 300.0
+"""Default time between periodic checkpoints of a stage in progress."""
 
 
 class TrainingDivergedError(LDAEError, FloatingPointError):
@@ -60,7 +65,7 @@ def optimisation_step(loss, optimizer, parameters, *, max_norm=1.0, averages=())
 
 
 def train_stage(stage, train_loader, val_loader=None, *, generator, checkpoints=None,
-                checkpoint_every=10, verbose=0):
+                checkpoint_seconds=CHECKPOINT_SECONDS, verbose=0):
     """Train ``stage`` for its epochs, resuming from a periodic checkpoint when one exists.
 
     Parameters
@@ -72,8 +77,13 @@ def train_stage(stage, train_loader, val_loader=None, *, generator, checkpoints=
         Source of the noise and time steps drawn by the losses; its state is
         checkpointed so a resumed fit draws what the uninterrupted one would.
     checkpoints : StageCheckpoints, optional
-    checkpoint_every : int
-        Write a periodic checkpoint every this many epochs.
+    checkpoint_seconds : float
+        Write a periodic checkpoint at the end of the first epoch that ends this
+        long after the last one (or the start): at most one epoch of work is
+        lost to an interruption beyond this time, whatever the epoch length.
+        The checkpoint holds the weights, optimisers, the loss's random
+        generator and the shuffling generator of ``train_loader``, so a resumed
+        stage is bitwise the uninterrupted one.
     verbose : int
         0: silent; 1 or more: a progress bar with the running loss.
 
@@ -83,7 +93,8 @@ def train_stage(stage, train_loader, val_loader=None, *, generator, checkpoints=
         ``{"loss": [...], "val_loss": [...]}``, one mean value per epoch; in a
         data-parallel fit, means over the processes.
     """
-    start = _resume(stage, generator, checkpoints)
+    start = _resume(stage, generator, train_loader, checkpoints)
+    last_saved = time.monotonic()
     progress = tqdm(range(start, stage.epochs), desc=stage.name,
                     disable=not verbose or not distributed.is_main_process(),
                     initial=start, total=stage.epochs, leave=verbose > 1)
@@ -100,8 +111,13 @@ def train_stage(stage, train_loader, val_loader=None, *, generator, checkpoints=
                 distributed.mean(float(sum(val) / max(len(val), 1)), generator.device))
         progress.set_postfix(loss=f"{stage.history['loss'][-1]:.4f}")
         done = epoch + 1
-        if checkpoints is not None and done % checkpoint_every == 0 and done < stage.epochs:
-            checkpoints.save(stage.name, _snapshot(stage, generator, done), partial=True)
+        # every process must take the same decision (saving waits at a barrier)
+        due = distributed.mean(float(time.monotonic() - last_saved >= checkpoint_seconds),
+                               generator.device) > 0
+        if checkpoints is not None and done < stage.epochs and due:
+            checkpoints.save(stage.name, _snapshot(stage, generator, train_loader, done),
+                             partial=True)
+            last_saved = time.monotonic()
     progress.close()
     return stage.history
 
@@ -125,16 +141,23 @@ def _checked(loss, stage_name, epoch, step):
     return loss
 
 
-def _snapshot(stage, generator, epochs_done):
+def _snapshot(stage, generator, train_loader, epochs_done):
+    shuffling = _shuffling_generator(train_loader)
     return {
         "epochs_done": epochs_done,
         "history": stage.history,
         "generator": generator.get_state(),
+        "shuffling": None if shuffling is None else shuffling.get_state(),
         "state": {name: item.state_dict() for name, item in stage.state.items()},
     }
 
 
-def _resume(stage, generator, checkpoints):
+def _shuffling_generator(loader):
+    """The generator drawing a DataLoader's order (a data-parallel sampler reseeds per epoch)."""
+    return getattr(loader, "generator", None)
+
+
+def _resume(stage, generator, train_loader, checkpoints):
     if checkpoints is None:
         return 0
     snapshot = checkpoints.load(stage.name, partial=True)
@@ -143,5 +166,8 @@ def _resume(stage, generator, checkpoints):
     for name, item in stage.state.items():
         item.load_state_dict(snapshot["state"][name])
     generator.set_state(snapshot["generator"])
+    shuffling = _shuffling_generator(train_loader)
+    if shuffling is not None and snapshot.get("shuffling") is not None:
+        shuffling.set_state(snapshot["shuffling"])
     stage.history.update(snapshot["history"])
     return int(snapshot["epochs_done"])
