@@ -12,8 +12,9 @@
   written to ``<out>.partial/`` as they complete, so the same command run again skips
   the scans already embedded.
 
-Errors about the input (a bad manifest, scan or checkpoint) are printed as one line
-naming the culprit, with exit status 1.
+Errors about the input (a bad manifest, scan or checkpoint) and refusals of the
+system (a full disk, a read-only folder) are printed as one line naming the culprit,
+with exit status 1.
 """
 
 import argparse
@@ -55,6 +56,9 @@ def main(argv=None):
     try:
         args.run(args)
     except LDAEError as error:
+        print(f"ldae {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:  # the machine refused: a full disk, a read-only folder, ...
         print(f"ldae {args.command}: error: {error}", file=sys.stderr)
         return 1
     return 0

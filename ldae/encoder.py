@@ -489,6 +489,10 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
         payload = load_checkpoint(path)
         if not isinstance(payload, dict) or payload.get("format") != FILE_FORMAT:
             raise CheckpointError(f"{path} is not a model saved by LDAEEncoder.save")
+        missing = [key for key in _MODEL_FILE_KEYS if key not in payload]
+        if missing or not isinstance(payload["version"], int):
+            raise CheckpointError(f"{path} is an incomplete model file (missing or invalid: "
+                                  f"{', '.join(missing) or 'version'})")
         if payload["version"] > FILE_VERSION:
             raise CheckpointError(
                 f"{path} was written by a newer ldae (file version {payload['version']})")
@@ -497,17 +501,22 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
                 f"{path} was written by an older ldae (file version {payload['version']}) whose "
                 "networks this version cannot run (its gradient estimator read the code "
                 "differently); fit the model again")
-        model = cls(**payload["params"])
-        if model.preprocessing is None or isinstance(model.preprocessing, dict):
-            model.preprocessing = None
-        model.preprocessing_ = Preprocessing.from_dict(payload["preprocessing"])
-        fitted = payload["fitted"]
-        model.config_ = ModelConfig(**{key: tuple(value) if isinstance(value, list) else value
-                                       for key, value in fitted.pop("config").items()})
-        model.affine_ = np.asarray(fitted.pop("affine"), dtype=float)
+        try:
+            model = cls(**payload["params"])
+            if model.preprocessing is None or isinstance(model.preprocessing, dict):
+                model.preprocessing = None
+            model.preprocessing_ = Preprocessing.from_dict(payload["preprocessing"])
+            fitted = dict(payload["fitted"])
+            model.config_ = ModelConfig(**{key: tuple(value) if isinstance(value, list) else value
+                                           for key, value in fitted.pop("config").items()})
+            model.affine_ = np.asarray(fitted.pop("affine"), dtype=float)
+        except (TypeError, KeyError, ValueError, InputError) as error:
+            raise CheckpointError(f"{path} holds settings this ldae cannot use "
+                                  f"({type(error).__name__}: {error})") from None
         model.skipped_scans_ = pd.DataFrame(fitted.pop("skipped_scans_", {}),
                                             columns=SKIPPED_COLUMNS)
         model.__dict__.update(fitted)
+        _check_weights_match(model.config_, payload["weights"], path)
         model._restore_networks(payload["weights"])
         return model
 
@@ -650,6 +659,26 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
                                    if key not in later_settings and key not in _INFERENCE_SETTINGS}}
             for stage, later_settings in _LATER_STAGE_SETTINGS.items()}
         return StageCheckpoints(self.checkpoint_dir, fingerprints)
+
+
+_MODEL_FILE_KEYS = ("version", "params", "preprocessing", "fitted", "weights")
+
+
+def _check_weights_match(config, weights, path):
+    """Refuse weights that do not fit the networks the config describes, before
+    allocating them (built on the meta device: a crafted config cannot exhaust memory)."""
+    with torch.device("meta"):
+        unet = _build_unet(config)
+        expected = {"autoencoder_": _build_autoencoder(config), "unet_": unet,
+                    "semantic_encoder_": _build_semantic_encoder(config),
+                    "estimator_": GradientEstimator(unet, config.embedding_dim)}
+    for name, network in expected.items():
+        given = weights.get(name) if isinstance(weights, dict) else None
+        shapes = {key: tuple(value.shape) for key, value in network.state_dict().items()}
+        if not isinstance(given, dict) or shapes != {
+                key: tuple(getattr(value, "shape", ())) for key, value in given.items()}:
+            raise CheckpointError(f"{path}: its {name.rstrip('_')} weights do not match the "
+                                  "networks its configuration describes; the file was altered")
 
 
 _INFERENCE_SETTINGS = ("ddim_steps",)

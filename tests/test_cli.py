@@ -219,3 +219,15 @@ def test_version_and_demo_subject_count_are_checked(capsys):
     # refused before any work (it used to run 60 subjects)
     assert cli.main(["demo", "--subjects", "0", "--quiet"]) == 1
     assert "n_subjects=0: the demo needs at least 20 subjects" in capsys.readouterr().err
+
+
+def test_a_full_disk_is_one_line_not_a_traceback(cohort, model_dir, tmp_path, capsys, monkeypatch):
+    def disk_full(table, path):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(cli, "_write_table", disk_full)
+    out = tmp_path / "embeddings.csv"
+    assert cli.main(["embed", "--model", str(model_dir), "--manifest", str(cohort),
+                     "--out", str(out), "--quiet"]) == 1
+    error = capsys.readouterr().err
+    assert error == f"ldae embed: error: [Errno 28] No space left on device: '{out}'\n"

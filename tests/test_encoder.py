@@ -226,6 +226,37 @@ def test_a_model_file_of_an_older_version_is_refused_by_name(fitted, tmp_path):
         LDAEEncoder.load(path)
 
 
+def _altered(payload, *, params=None, fitted=None, drop=None):
+    altered = {**payload, "params": {**payload["params"], **(params or {})},
+               "fitted": {**payload["fitted"], **(fitted or {})}}
+    altered.pop(drop, None)
+    return altered
+
+
+def test_a_checksum_valid_but_altered_model_file_is_refused_in_one_line(fitted, tmp_path,
+                                                                       monkeypatch):
+    path = tmp_path / "model.ldae"
+    fitted.save(path)
+    payload = load_checkpoint(path)
+    config = payload["fitted"]["config"]
+    cases = {
+        "unknown parameter": (_altered(payload, params={"turbo": True}),
+                              r"holds settings this ldae cannot use \(TypeError"),
+        "no version": (_altered(payload, drop="version"),
+                       r"incomplete model file \(missing or invalid: version\)"),
+        "huge networks": (_altered(payload, fitted={"config": {**config,
+                                                              "ae_channels": [4096, 8192, 8192]}}),
+                          r"autoencoder weights do not match the networks"),
+    }
+    allocated = []
+    monkeypatch.setattr(LDAEEncoder, "_restore_networks", lambda *args: allocated.append(1))
+    for name, (content, message) in cases.items():
+        save_checkpoint(content, path)
+        with pytest.raises(CheckpointError, match=message):
+            LDAEEncoder.load(path)
+    assert allocated == []  # refused before any network was built for real
+
+
 def test_set_output_pandas_keeps_series_index(cohort, fitted, tmp_path):
     paths = []
     for number, volume in enumerate(cohort.images[:3]):

@@ -100,13 +100,27 @@ def test_a_csv_manifest_with_a_months_column_keeps_it(manifest_tree):
             "subject|session|path\nsub-1||scans/c/007.nii.gz\n",
             r"manifest\.tsv: empty .* line\(s\) 2",
         ),
+        (
+            "subject|session|path\nsub-1|ses-M00|scans/c/007.nii.gz|extra|field\n",
+            r"manifest\.tsv: a row has more fields than the header",
+        ),
+        ("subject|session|path\n", r"manifest\.tsv: lists no scans"),
     ],
-    ids=["missing column", "duplicate", "missing file", "not a number", "empty value"],
+    ids=["missing column", "duplicate", "missing file", "not a number", "empty value",
+         "extra field", "header only"],
 )
 def test_manifest_errors_name_the_file_and_the_line(manifest_tree, rows, message):
     path = write_table(manifest_tree / "manifest.tsv", rows)
     with pytest.raises(InputError, match=message):
         read_manifest(path)
+
+
+def test_a_trailing_separator_on_a_row_is_harmless(manifest_tree):
+    # spreadsheet exports end rows with a separator: an empty last field, not an error
+    path = write_table(manifest_tree / "manifest.tsv",
+                       "subject|session|path\nsub-1|ses-M00|scans/c/007.nii.gz|\n")
+    frame = read_manifest(path)
+    assert frame["subject"].tolist() == ["sub-1"] and frame["path"].iloc[0].endswith("007.nii.gz")
 
 
 def test_a_manifest_of_another_format_is_refused(tmp_path):

@@ -8,6 +8,7 @@ session ids are read as strings and kept verbatim (``sub-001``, ``ses-M06``).
 
 import os
 import re
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -43,8 +44,9 @@ def read_manifest(path, *, check_files=True):
     Raises
     ------
     InputError
-        If the file is unreadable, a required column or value is missing, a
-        (subject, session) pair is duplicated, a numeric column holds text, or
+        If the file is unreadable, lists no scans, a row has more fields than
+        the header, a required column or value is missing, a (subject, session)
+        pair is duplicated, a numeric column holds text, or
         a scan file does not exist (with `check_files`); the message names the
         file, column and line.
     """
@@ -53,6 +55,8 @@ def read_manifest(path, *, check_files=True):
         raise InputError(f"{path}: a manifest must be a .csv or .tsv file")
     frame = _read_table(path, _SEPARATORS[path.suffix.lower()], ["subject", "session", "path"])
     _require_columns(frame, ["subject", "session", "path"], path)
+    if frame.empty:
+        raise InputError(f"{path}: lists no scans (a header and no rows)")
     missing = frame[["subject", "session", "path"]].isna().any(axis=1)
     if missing.any():
         raise InputError(f"{path}: empty subject, session or path on {_lines(missing)}")
@@ -126,9 +130,14 @@ def read_bids(root):
 def _read_table(path, separator, id_columns):
     """A table whose id columns stay strings ("001" is not 1)."""
     try:
-        return pd.read_csv(
-            path, sep=separator, dtype={column: str for column in id_columns}, na_values=["n/a"]
-        )
+        with warnings.catch_warnings():
+            # a row with more fields than the header: pandas would drop them, or
+            # (without index_col=False) turn the first columns into an index
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            return pd.read_csv(path, sep=separator, dtype={column: str for column in id_columns},
+                               na_values=["n/a"], index_col=False)
+    except pd.errors.ParserWarning as exc:
+        raise InputError(f"{path}: a row has more fields than the header ({exc})") from None
     except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise InputError(f"{path}: cannot read the table ({exc})") from exc
 
