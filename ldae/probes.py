@@ -78,6 +78,8 @@ class ProbeResults:
             table = stats.compare_models(study, metric=metric)
             # age scores are scikit-learn's negated errors; report differences of errors
             table[["mean_difference", "statistic"]] *= sign
+            if sign < 0:
+                table[["ci_low", "ci_high"]] = -table[["ci_high", "ci_low"]].to_numpy()
             involved = (table["model_a"] == reference) | (table["model_b"] == reference)
             tables.append(table[involved].assign(metric=metric))
         return pd.concat(tables, ignore_index=True)

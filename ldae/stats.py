@@ -78,6 +78,23 @@ class TestResult:
     def __dir__(self):
         return [*super().__dir__(), *self.details]
 
+    def __repr__(self):
+        shown = ", ".join(f"{key}={_short(value)}" for key, value in self.details.items()
+                          if _short(value) is not None)
+        return (f"TestResult({self.method}: statistic={self.statistic:.4g}, "
+                f"pvalue={self.pvalue:.4g}" + (f", {shown})" if shown else ")"))
+
+    def to_frame(self):
+        """One row: method, statistic, p-value and the scalar details (intervals split
+        into ``_low``/``_high``); arrays such as null distributions are left out."""
+        row = {"method": self.method, "statistic": self.statistic, "pvalue": self.pvalue}
+        for key, value in self.details.items():
+            if isinstance(value, tuple) and len(value) == 2:
+                row[f"{key}_low"], row[f"{key}_high"] = map(float, value)
+            elif np.ndim(value) == 0:
+                row[key] = value.item() if isinstance(value, np.generic) else value
+        return pd.DataFrame([row])
+
 
 @dataclass(frozen=True)
 class ConfidenceInterval:
@@ -238,7 +255,18 @@ def delong_test(y_true, scores_a, scores_b, *, alpha=0.05):
     )
 
 
-def mcnemar_test(y_true, pred_a, pred_b, *, exact=None):
+def _short(value):
+    """A detail as the repr shows it: scalars and pairs, never whole arrays."""
+    if isinstance(value, tuple) and len(value) == 2 and all(np.ndim(v) == 0 for v in value):
+        return f"({float(value[0]):.4g}, {float(value[1]):.4g})"
+    if isinstance(value, (bool, np.bool_, str)):
+        return repr(value.item() if isinstance(value, np.generic) else value)
+    if np.ndim(value) == 0 and isinstance(value, (int, float, np.number)):
+        return f"{float(value):.4g}"
+    return None
+
+
+def mcnemar_test(y_true, pred_a, pred_b, *, exact=None, alpha=0.05):
     """McNemar's test for two classifiers' paired correctness.
 
     Wraps :func:`statsmodels.stats.contingency_tables.mcnemar` on the 2×2 table of
@@ -254,13 +282,17 @@ def mcnemar_test(y_true, pred_a, pred_b, *, exact=None):
         Exact binomial test (True) or chi-square with continuity correction
         (False). By default exact when fewer than 25 pairs are discordant, where
         the chi-square approximation is poor.
+    alpha : float, default=0.05
+        One minus the confidence level of the interval on the accuracy difference.
 
     Returns
     -------
     result : TestResult
         ``statistic``, ``pvalue`` (1 with statistic 0 when no pair is discordant,
         whichever test) and details ``table`` (rows: a correct / wrong,
-        columns: b correct / wrong), ``exact`` and ``n_discordant``.
+        columns: b correct / wrong), ``exact``, ``n_discordant``, and the effect
+        size: ``accuracy_difference`` (accuracy of a − accuracy of b) with its
+        Wald interval for paired proportions ``ci``.
     """
     y = np.asarray(y_true)
     _check_lengths(y, pred_a=pred_a, pred_b=pred_b)
@@ -286,8 +318,20 @@ def mcnemar_test(y_true, pred_a, pred_b, *, exact=None):
         statistic,
         pvalue,
         "McNemar test (exact binomial)" if exact else "McNemar test (chi-square, corrected)",
-        {"table": table, "exact": bool(exact), "n_discordant": n_discordant},
+        {"table": table, "exact": bool(exact), "n_discordant": n_discordant,
+         **_paired_accuracy_difference(table, alpha)},
     )
+
+
+def _paired_accuracy_difference(table, alpha):
+    """Accuracy of a − accuracy of b, with the Wald interval for paired proportions."""
+    _check_alpha(alpha)
+    n, only_a, only_b = table.sum(), table[0, 1], table[1, 0]
+    difference = (only_a - only_b) / n
+    standard_error = np.sqrt(max(only_a + only_b - (only_a - only_b) ** 2 / n, 0.0)) / n
+    margin = scipy_stats.norm.ppf(1 - alpha / 2) * standard_error
+    return {"accuracy_difference": float(difference),
+            "ci": (float(difference - margin), float(difference + margin))}
 
 
 def subject_permutation_test(
@@ -498,8 +542,9 @@ def compare_models(study_result, *, metric, method="holm"):
     -------
     table : pandas.DataFrame
         One row per pair with ``model_a``, ``model_b``, ``mean_difference``
-        (a − b), ``statistic``, ``df``, ``pvalue``, ``pvalue_corrected``, ``test``
-        and ``correction``.
+        (a − b), its 95 % interval ``ci_low`` – ``ci_high`` (corrected for the
+        overlap of training sets, not for multiplicity), ``statistic``, ``df``,
+        ``pvalue``, ``pvalue_corrected``, ``test`` and ``correction``.
     """
     _check_metric(metric, study_result.metrics)
     models = study_result.models
@@ -520,6 +565,8 @@ def compare_models(study_result, *, metric, method="holm"):
                 "model_a": model_a,
                 "model_b": model_b,
                 "mean_difference": result.mean_difference,
+                "ci_low": result.ci[0],
+                "ci_high": result.ci[1],
                 "statistic": result.statistic,
                 "df": result.df,
                 "pvalue": result.pvalue,
@@ -532,7 +579,8 @@ def compare_models(study_result, *, metric, method="holm"):
     except ValueError as error:
         raise InputError(f"method: {method!r} is not a multipletests method ({error})") from error
     table["correction"] = method
-    columns = ["model_a", "model_b", "mean_difference", "statistic", "df", "pvalue"]
+    columns = ["model_a", "model_b", "mean_difference", "ci_low", "ci_high", "statistic", "df",
+               "pvalue"]
     return table[[*columns, "pvalue_corrected", "test", "correction"]]
 
 

@@ -278,7 +278,7 @@ def three_model_study():
 
 def test_compare_models_runs_corrected_ttests_on_every_pair(three_model_study):
     table = stats.compare_models(three_model_study, metric="roc_auc")
-    assert table.shape == (3, 9)
+    assert table.shape == (3, 11)
     assert list(zip(table["model_a"], table["model_b"])) == [
         ("lda", "knn"), ("lda", "dummy"), ("knn", "dummy")
     ]
@@ -297,6 +297,8 @@ def test_compare_models_runs_corrected_ttests_on_every_pair(three_model_study):
     assert row["statistic"] == pytest.approx(expected.statistic)
     assert row["mean_difference"] == pytest.approx((a - b).mean())
     assert row["df"] == 8
+    # the interval corrected_ttest computes is kept
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx(expected.ci)
 
 
 def test_compare_models_uses_the_named_correction(three_model_study):
@@ -324,3 +326,28 @@ def test_test_result_exposes_details_and_pickles():
 def test_importing_stats_does_not_import_torch():
     code = "import sys, ldae.stats; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_mcnemar_reports_the_accuracy_difference_with_its_interval():
+    # a right and b wrong on 20 scans, the reverse on 5, of 100
+    table = [[60, 20], [5, 15]]
+    result = stats.mcnemar_test(*table_to_predictions(table))
+    assert result.accuracy_difference == pytest.approx(0.15)
+    # Wald interval for paired proportions: sqrt(b + c - (b - c)^2 / n) / n
+    margin = 1.959964 * np.sqrt(25 - 15**2 / 100) / 100
+    assert result.ci == pytest.approx((0.15 - margin, 0.15 + margin), abs=1e-6)
+
+
+def test_results_have_a_compact_repr_and_a_one_row_frame():
+    X, y, groups = subject_cohort(0, n_subjects=12, effect=3.0)
+    result = stats.subject_permutation_test(Ridge(), X, y, groups=groups, cv=GroupKFold(3),
+                                            scoring="r2", n_permutations=99, random_state=0)
+    text = repr(result)
+    assert text.startswith("TestResult(subject-level permutation test") or "pvalue=" in text
+    assert len(text) < 300 and "array" not in text  # no null distribution dumped
+    frame = result.to_frame()
+    assert frame.shape[0] == 1 and frame.loc[0, "pvalue"] == result.pvalue
+    assert not any(isinstance(value, np.ndarray) for value in frame.iloc[0])
+    mcnemar = stats.mcnemar_test(*table_to_predictions([[60, 20], [5, 15]])).to_frame()
+    assert {"accuracy_difference", "ci_low", "ci_high", "n_discordant"} <= set(mcnemar.columns)
+    assert "table" not in mcnemar.columns
