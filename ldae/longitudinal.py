@@ -39,7 +39,8 @@ __all__ = ["fit_mixed_models", "MixedEffectsRegressor"]
 _RESERVED = ("value", "time", "diagnosis", "group")
 _TABLE_COLUMNS = [
     "dimension", "term", "estimate", "std_error", "ci_low", "ci_high", "pvalue",
-    "pvalue_corrected", "significant", "random_slope", "converged",
+    "pvalue_corrected", "significant", "random_slope", "converged", "log_likelihood",
+    "intercept_variance", "slope_variance", "residual_variance",
 ]
 
 
@@ -126,8 +127,11 @@ def fit_mixed_models(
         One row per (dimension, fixed-effect term) with ``dimension``, ``term``,
         ``estimate``, ``std_error``, ``ci_low``, ``ci_high``, ``pvalue`` (Wald z),
         ``pvalue_corrected``, ``significant`` (corrected p below ``alpha``),
-        ``random_slope`` (False where the fit fell back to a random intercept) and
-        ``converged``. ``table.attrs`` records the correction, ``alpha``, the
+        ``random_slope`` (False where the fit fell back to a random intercept),
+        ``converged``, and the fit itself: its (restricted) ``log_likelihood`` and
+        variance components ``intercept_variance``, ``slope_variance`` (NaN
+        without a random slope) and ``residual_variance``. Each model is fitted
+        with several optimisers and the best likelihood kept. ``table.attrs`` records the correction, ``alpha``, the
         time unit divisor and the reference diagnosis.
 
     Examples
@@ -325,6 +329,10 @@ class MixedEffectsRegressor(RegressorMixin, BaseEstimator):
         return prediction
 
 
+OPTIMISERS = ("lbfgs", "bfgs", "cg")
+"""Optimisers every mixed model is fitted with, independently."""
+
+
 class _Outcome(NamedTuple):
     """What fitting one mixed model gave: the result, or the error that stopped it."""
 
@@ -345,22 +353,32 @@ def _fit_with_fallback(make_model, with_slope, *, reml, fit_kwargs=None):
 
 
 def _quiet_fit(model, reml, fit_kwargs):
-    """Fit a MixedLM quietly and judge its convergence from the result.
+    """Fit a MixedLM quietly with each of ``OPTIMISERS``; keep the converged fit of
+    highest (restricted) log-likelihood, and judge its convergence from the result.
+
+    statsmodels' own chain (bfgs, then lbfgs, then cg) restarts each optimiser where
+    the previous one stopped and can report a sub-optimal point as converged;
+    independent fits compared by likelihood find the optimum lme4 finds.
 
     Converged means the optimiser converged and every parameter has a finite standard
     error (a Hessian that is not negative definite leaves NaN ones). statsmodels'
     "MLE may be on the boundary" warning compares variances with an absolute 0.01,
     whatever the unit of the data, so it is not taken as a failure.
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            result = model.fit(reml=reml, **(fit_kwargs or {}))
-            standard_errors = np.asarray(result.bse, dtype=float)
-        except (np.linalg.LinAlgError, ValueError) as error:
-            return None, False, error
-    converged = bool(result.converged) and bool(np.all(np.isfinite(standard_errors)))
-    return result, converged, None
+    best, error = None, None
+    for method in OPTIMISERS:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                result = model.fit(reml=reml, method=method, **(fit_kwargs or {}))
+                standard_errors = np.asarray(result.bse, dtype=float)
+            except (np.linalg.LinAlgError, ValueError) as failure:
+                error = failure
+                continue
+        converged = bool(result.converged) and bool(np.all(np.isfinite(standard_errors)))
+        if best is None or (converged, result.llf) > (best[1], best[0].llf):
+            best = (result, converged)
+    return (None, False, error) if best is None else (*best, None)
 
 
 def _fit_dimension(formula, data, reml, alpha):
@@ -374,7 +392,9 @@ def _fit_dimension(formula, data, reml, alpha):
         terms = model(False).exog_names
         return pd.DataFrame({"term": terms, "estimate": np.nan, "std_error": np.nan,
                              "ci_low": np.nan, "ci_high": np.nan, "pvalue": np.nan,
-                             "random_slope": False, "converged": False})
+                             "random_slope": False, "converged": False,
+                             "log_likelihood": np.nan, "intercept_variance": np.nan,
+                             "slope_variance": np.nan, "residual_variance": np.nan})
     terms = list(result.fe_params.index)
     interval = result.conf_int(alpha=alpha).loc[terms]
     return pd.DataFrame({
@@ -386,6 +406,10 @@ def _fit_dimension(formula, data, reml, alpha):
         "pvalue": result.pvalues.loc[terms].to_numpy(),
         "random_slope": outcome.random_slope,
         "converged": outcome.converged,
+        "log_likelihood": result.llf,
+        "intercept_variance": result.cov_re.iloc[0, 0],
+        "slope_variance": result.cov_re.iloc[1, 1] if outcome.random_slope else np.nan,
+        "residual_variance": result.scale,
     })
 
 
