@@ -317,3 +317,38 @@ def test_unusable_arguments_are_named(cohort):
         as_volume_dataset(scans(1), affine=np.diag([1.0, 0.0, 1.0, 1.0]))
     with pytest.raises(InputError, match="preprocessing: expected a Preprocessing"):
         as_volume_dataset(cohort[1], {"shape": (16, 16, 16)})
+
+
+def test_a_4d_image_or_file_is_a_series_of_scans_as_in_nilearn(tmp_path):
+    volumes = scans(3)
+    series = nib.Nifti1Image(np.stack(volumes, axis=-1), AFFINE)
+    expected = as_volume_dataset([nib.Nifti1Image(v, AFFINE) for v in volumes])
+    path = tmp_path / "series.nii.gz"
+    nib.save(series, path)
+    for X in (series, path, str(path)):
+        dataset = as_volume_dataset(X)
+        assert len(dataset) == 3
+        for i in range(3):
+            np.testing.assert_array_equal(dataset[i], expected[i])
+        np.testing.assert_allclose(dataset.affines, expected.affines)
+    # a damaged 4D gzip is refused like a 3D one, naming it
+    content = bytearray(path.read_bytes())
+    content[-8] ^= 1
+    path.write_bytes(bytes(content))
+    with pytest.raises(InputError, match=rf"{path}: corrupt gzip data"):
+        as_volume_dataset(str(path))
+
+
+def test_a_glob_pattern_gives_its_matches_in_order(tmp_path):
+    paths = [write(tmp_path / f"sub-{k}_T1w.nii.gz", volume) for k, volume in enumerate(scans(3))]
+    dataset = as_volume_dataset(str(tmp_path / "sub-*_T1w.nii.gz"))
+    assert dataset.names == sorted(str(p) for p in paths)
+    with pytest.raises(InputError, match=r"the pattern .*nothing-\*\.nii' matches no file"):
+        as_volume_dataset(str(tmp_path / "nothing-*.nii"))
+
+
+def test_a_torch_tensor_is_taken_like_its_array():
+    volumes = np.stack(scans(2))
+    from_tensor = as_volume_dataset(torch.from_numpy(volumes)[:, None])
+    from_array = as_volume_dataset(volumes)
+    np.testing.assert_array_equal(from_tensor[1], from_array[1])

@@ -8,7 +8,9 @@ volume. Headers are checked when the dataset is built; voxels are decoded only
 when an item is read.
 """
 
+import glob
 import hashlib
+import math
 import operator
 import os
 import warnings
@@ -24,14 +26,15 @@ from nibabel.spatialimages import SpatialImage
 from ..exceptions import InputError, SkippedScanWarning
 from .cache import VolumeCache
 from .grid import VOXEL_SIZE_RTOL, format_sizes, voxel_sizes
-from .nifti import check_affine, check_data_type, open_image
+from .nifti import check_affine, check_data_type, open_image, split_volumes
 from .preprocessing import Preprocessing
 
 ON_ERROR = ("raise", "skip")
 SKIPPED_COLUMNS = ["position", "scan", "error"]
 _EXPECTED_X = (
-    "a list/tuple of NIfTI paths or nibabel images, a pandas Series of paths, "
-    "or an array of shape (n, D, H, W) or (n, 1, D, H, W)"
+    "a list/tuple of NIfTI paths or nibabel images, a pandas Series of paths, a glob "
+    "pattern, a 4D image or file, or an array or tensor of shape (n, D, H, W) or "
+    "(n, 1, D, H, W)"
 )
 
 
@@ -251,9 +254,11 @@ def as_volume_dataset(X, preprocessing=None, *, affine=None, cache_dir=None, on_
 
     Parameters
     ----------
-    X : list, tuple, pandas.Series or ndarray
+    X : list, tuple, pandas.Series, str, nibabel image, ndarray or torch.Tensor
         The scans: NIfTI paths (str or path-like) or nibabel images in a list,
-        tuple or Series, or an array of shape (n, D, H, W) or
+        tuple or Series; a glob pattern such as ``"sub-*/anat/*T1w.nii.gz"``
+        (its matches, sorted); a 4D image or file, whose volumes are the scans
+        (as in nilearn); or an array or tensor of shape (n, D, H, W) or
         (n, 1, D, H, W). Arrays are taken as RAS-oriented volumes on the grid
         of `affine`.
     preprocessing : Preprocessing or None, default=None
@@ -297,7 +302,7 @@ def as_volume_dataset(X, preprocessing=None, *, affine=None, cache_dir=None, on_
     if on_error not in ON_ERROR:
         raise InputError(f"on_error={on_error!r}: expected one of {ON_ERROR}")
     index = X.index if isinstance(X, pd.Series) else None
-    items = _items(X)
+    items = _items(X, preprocessing)
     if any(isinstance(item, np.ndarray) for item in items):
         affine = _array_affine(affine, preprocessing)
     elif affine is not None:
@@ -413,13 +418,19 @@ def _plan(source, name, preprocessing):
     return preprocessing.plan(image.shape, image.affine, name)
 
 
-def _items(X):
+def _items(X, preprocessing):
     """The scans of X as a list, refusing what cannot be a set of scans."""
     if isinstance(X, pd.DataFrame):
         raise InputError("X is a DataFrame; pass its column of paths, e.g. X['path']")
+    if isinstance(X, torch.Tensor):
+        X = X.detach().cpu().numpy()
+    if isinstance(X, (str, os.PathLike)) and not os.path.exists(X) and glob.has_magic(os.fspath(X)):
+        matches = sorted(glob.glob(os.path.expanduser(os.fspath(X))))
+        if not matches:
+            raise InputError(f"X: the pattern {os.fspath(X)!r} matches no file")
+        return matches
     if isinstance(X, (str, os.PathLike, SpatialImage)):
-        scan = type(X).__name__ if isinstance(X, SpatialImage) else os.fspath(X)
-        raise InputError(f"X is a single scan ({scan}); pass a list of scans, e.g. [X]")
+        return _volumes_of_one_image(X, preprocessing)
     if scipy.sparse.issparse(X):
         raise InputError(
             f"X: sparse input is not supported ({type(X).__name__}); expected {_EXPECTED_X}"
@@ -446,6 +457,22 @@ def _items(X):
     if not items:
         raise InputError("X is empty: no scan to read")
     return items
+
+
+def _volumes_of_one_image(X, preprocessing):
+    """A 4D image or file given as X: its volumes are the scans (nilearn's convention)."""
+    is_path = isinstance(X, (str, os.PathLike))
+    name = os.path.abspath(os.fspath(X)) if is_path else "X"
+    image = open_image(name) if is_path and os.path.isfile(name) else X
+    shape = tuple(int(n) for n in image.shape) if isinstance(image, SpatialImage) else ()
+    if len(shape) < 4 or shape[3] < 2:
+        scan = os.fspath(X) if is_path else type(X).__name__
+        raise InputError(f"X is a single scan ({scan}); pass a list of scans, e.g. [X]")
+    if math.prod(shape) > preprocessing.max_voxels:
+        raise InputError(f"{name}: its header claims {math.prod(shape)} voxels (shape "
+                         f"{format_sizes(shape)}), more than Preprocessing(max_voxels="
+                         f"{preprocessing.max_voxels})")
+    return split_volumes(image, name)
 
 
 def _source(item, position, affine):

@@ -205,6 +205,37 @@ def read_volume(image, name):
         truncated or corrupted.
     """
     spatial_shape(image.shape, name)
+    data = _decode(image, name)
+    return data[(slice(None),) * 3 + (0,) * (data.ndim - 3)]
+
+
+def split_volumes(image, name):
+    """The 3D volumes of a 4D image, each as an in-memory image on its grid.
+
+    A 4D image (a series of volumes along its 4th axis) counts as that many scans,
+    as in nilearn. Its data is decoded once, with the checks of :func:`read_volume`.
+
+    Parameters
+    ----------
+    image : nibabel.spatialimages.SpatialImage
+        Of shape (X, Y, Z, n) (a 5th or later axis must have length 1).
+    name : str
+        How to name the image in errors.
+
+    Returns
+    -------
+    list of nibabel.spatialimages.SpatialImage
+    """
+    shape = tuple(int(n) for n in image.shape)
+    if len(shape) < 4 or any(n != 1 for n in shape[4:]):
+        raise InputError(f"{name}: shape {shape} is not a series of 3D volumes")
+    spatial_shape(shape[:3], name)
+    data = _decode(image, name).reshape(shape[:4])
+    return [SpatialImage(data[..., k], image.affine) for k in range(shape[3])]
+
+
+def _decode(image, name):
+    """All the voxels of an image, float32, with the header's scaling applied."""
     check_data_type(image, name)
     source = _data_file(image)
     try:
@@ -216,7 +247,7 @@ def read_volume(image, name):
         raise
     except Exception as exc:  # decoding hostile bytes: any failure means a bad file
         raise InputError(f"{name}: cannot read the image data ({_describe(exc)})") from exc
-    return data[(slice(None),) * 3 + (0,) * (data.ndim - 3)]
+    return data
 
 
 def _read_gzip_data(image, path, needed, name):
