@@ -20,6 +20,7 @@ from ldae.datasets import make_synthetic_cohort
 from ldae.exceptions import CheckpointError, InputError
 from ldae.imaging import as_volume_dataset
 from ldae.training import latents, stages
+from ldae.training.checkpoint import load_checkpoint, save_checkpoint
 
 FAST = dict(preset="tiny", ae_epochs=2, diffusion_epochs=2, representation_epochs=2)
 
@@ -217,7 +218,6 @@ class _Exploit:
 
 
 def test_a_model_file_of_an_older_version_is_refused_by_name(fitted, tmp_path):
-    from ldae.training.checkpoint import load_checkpoint, save_checkpoint
     path = tmp_path / "old.ldae"
     fitted.save(path)
     payload = load_checkpoint(path)
