@@ -157,3 +157,33 @@ def test_an_unusable_cache_dir_is_named(tmp_path, paths):
     (tmp_path / "taken").write_text("a file")
     with pytest.raises(InputError, match="cache_dir=.*taken.*cannot create"):
         as_volume_dataset(paths, cache_dir=tmp_path / "taken")
+
+
+def _damage_flip(entry):
+    content = bytearray(entry.read_bytes())
+    content[-5] ^= 0x40  # a voxel's byte: the data no longer matches its CRC-32
+    entry.write_bytes(bytes(content))
+
+
+def _damage_shape(entry):
+    np.save(entry, np.zeros((3, 3, 3), np.float32))
+
+
+def _damage_nan(entry):
+    np.save(entry, np.full(np.load(entry).shape, np.nan, np.float32))
+
+
+@pytest.mark.parametrize("damage", [_damage_flip, _damage_shape, _damage_nan],
+                         ids=["flipped bytes", "wrong shape", "NaN-filled"])
+def test_a_damaged_entry_is_rebuilt_not_served(tmp_path, paths, decodes, damage):
+    reference = as_volume_dataset(paths[:1])[0]
+    dataset = as_volume_dataset(paths[:1], cache_dir=tmp_path / "cache")
+    dataset[0]
+    (entry,) = (tmp_path / "cache").rglob("*.npy")
+    damage(entry)
+    decodes.clear()
+    np.testing.assert_array_equal(dataset[0], reference)  # never the damaged voxels
+    assert len(decodes) == 1  # decoded again ...
+    decodes.clear()
+    np.testing.assert_array_equal(dataset[0], reference)
+    assert decodes == []  # ... and the rebuilt entry serves the next read

@@ -2,16 +2,19 @@
 
 One ``.npy`` file per (scan file, preprocessing settings), read back through a
 memory map, so a second pass over a cohort decodes no gzip. Layout:
-``<folder>/<digest of the scan's absolute path and the settings>/<mtime>-<size>.npy``:
+``<folder>/<digest of the scan's absolute path and the settings>/<mtime>-<size>.<crc32>.npy``:
 editing or replacing a scan, or changing a setting, leads to another entry, and
 writing the entry of a new version of a scan removes the old one. Entries are
 written to a temporary file in the same folder and renamed into place, so a
-crash or an error never leaves a half-written entry behind.
+crash or an error never leaves a half-written entry behind; an entry is checked
+(shape, dtype, finite voxels, CRC-32 of its data) every time it is read.
 """
 
+import glob
 import hashlib
 import os
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -41,8 +44,12 @@ class VolumeCache:
                 f"cache_dir={str(folder)!r}: cannot create the folder ({exc})"
             ) from exc
 
-    def load(self, path, stamp):
-        """The cached volume of a scan file, or None when there is none.
+    def load(self, path, stamp, shape):
+        """The cached volume of a scan file, or None when there is no valid one.
+
+        An entry is used only if it holds a finite float32 volume of the expected
+        shape whose CRC-32 matches the one recorded in its name; anything else
+        (damaged or edited outside ldae) is ignored, then rebuilt and replaced.
 
         Parameters
         ----------
@@ -50,6 +57,8 @@ class VolumeCache:
             Absolute path of the scan file.
         stamp : str or None
             :meth:`stamp` of the file (None when it cannot be read).
+        shape : tuple of ints
+            The shape the volume must have.
 
         Returns
         -------
@@ -58,11 +67,15 @@ class VolumeCache:
         """
         if stamp is None:
             return None
-        try:
-            return np.array(np.load(self._entry(path, stamp), mmap_mode="r"))
-        except (OSError, ValueError):
-            # Missing, or damaged outside ldae: rebuilt and overwritten.
-            return None
+        folder = self._folder(path)
+        for entry in sorted(folder.glob(f"{glob.escape(stamp)}.*.npy")):
+            try:
+                volume = np.array(np.load(entry, mmap_mode="r"))
+            except (OSError, ValueError):
+                continue
+            if _intact(volume, shape, entry.name[len(stamp) + 1 : -len(".npy")]):
+                return volume
+        return None
 
     def store(self, path, stamp, volume):
         """Save the preprocessed volume of a scan file.
@@ -77,7 +90,8 @@ class VolumeCache:
         volume : ndarray
             Its preprocessed volume.
         """
-        entry = self._entry(path, stamp)
+        volume = np.ascontiguousarray(volume, dtype=np.float32)
+        entry = self._folder(path) / f"{stamp}.{_checksum(volume)}.npy"
         try:
             write_atomically(entry, lambda temporary: _save_array(temporary, volume))
         except OSError as exc:
@@ -109,9 +123,19 @@ class VolumeCache:
             return None
         return f"{status.st_mtime_ns:x}-{status.st_size:x}"
 
-    def _entry(self, path, stamp):
+    def _folder(self, path):
         scan = hashlib.sha256(f"{path}\n{self.settings_key}".encode()).hexdigest()[:32]
-        return self.folder / scan / f"{stamp}.npy"
+        return self.folder / scan
+
+
+def _checksum(volume):
+    return f"{zlib.crc32(memoryview(volume).cast('B')):08x}"
+
+
+def _intact(volume, shape, checksum):
+    return (volume.dtype == np.float32 and volume.shape == tuple(shape)
+            and volume.flags.c_contiguous and _checksum(volume) == checksum
+            and bool(np.isfinite(volume).all()))
 
 
 def _save_array(path, array):

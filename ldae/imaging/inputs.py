@@ -235,7 +235,7 @@ class VolumeDataset(torch.utils.data.Dataset):
         stamp = None
         if self._cache is not None and isinstance(source, str):
             stamp = VolumeCache.stamp(source)
-            volume = self._cache.load(source, stamp)
+            volume = self._cache.load(source, stamp, self.shape)
             if volume is not None:
                 return volume
         volume, grid = self.preprocessing.apply(_image(source), name)
