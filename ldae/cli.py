@@ -10,7 +10,8 @@
 - ``ldae embed --model model/ --manifest cohort.tsv --out embeddings.csv``: embed the
   scans of a manifest, streamed in chunks with a progress bar. Finished chunks are
   written to ``<out>.partial/`` as they complete, so the same command run again skips
-  the scans already embedded.
+  the scans already embedded. A run holds ``<out>.lock`` (released by the system
+  however the run ends): a second run writing the same ``--out`` is refused.
 
 Errors about the input (a bad manifest, scan or checkpoint) and refusals of the
 system (a full disk, a read-only folder) are printed as one line naming the culprit,
@@ -18,6 +19,8 @@ with exit status 1.
 """
 
 import argparse
+import contextlib
+import fcntl
 import hashlib
 import importlib.util
 import json
@@ -186,8 +189,6 @@ def _encoder_params(args, out):
 
 
 def _embed(args):
-    from tqdm.auto import tqdm
-
     from .encoder import LDAEEncoder
     from .imaging import read_manifest
 
@@ -203,6 +204,13 @@ def _embed(args):
     model = LDAEEncoder.load(model_file).set_params(
         on_error=args.on_error, cache_dir=args.cache_dir, num_workers=args.num_workers)
     frame = read_manifest(args.manifest, check_files=args.on_error == "raise")
+    with _exclusive(out):
+        _embed_into(out, model, model_file, frame, args)
+
+
+def _embed_into(out, model, model_file, frame, args):
+    from tqdm.auto import tqdm
+
     parts = _Parts(out, _file_digest(model_file))
     done = parts.done_paths()
     todo = frame[~frame["path"].isin(done)]
@@ -215,6 +223,11 @@ def _embed(args):
             progress.update(len(chunk))
     seconds = time.perf_counter() - start
     table = parts.merged(frame[[c for c in _ID_COLUMNS if c in frame]])
+    features = [column for column in table if column not in (*_ID_COLUMNS, "error")]
+    lost = table[table[features].isna().any(axis=1) & table["error"].isna()]
+    if len(lost):
+        raise LDAEError(f"{out}: {len(lost)} scans have neither an embedding nor an error "
+                        f"(e.g. {lost['path'].iloc[0]}); run the command again to embed them")
     _write_table(table, out)
     skipped = table[table["error"].notna()]
     write_atomically(
@@ -284,11 +297,17 @@ class _Parts:
             pd.read_csv(chunk, dtype={"path": str, "error": str}) for chunk in self._chunks()]
 
     def done_paths(self):
-        """Paths of the scans already embedded (or skipped) by this model."""
-        return set().union(*(table["path"] for table in self._tables()))
+        """Paths of the scans already embedded (or skipped, with an error) by this model."""
+        done = set()
+        for table in self._tables():
+            features = [column for column in table if column not in ("path", "error")]
+            complete = table[features].notna().all(axis=1) | table["error"].notna()
+            done.update(table.loc[complete, "path"])
+        return done
 
     def write(self, table):
-        path = self.folder / f"part-{len(self._chunks()):06d}.csv"
+        # named by time and process: never the name of another chunk
+        path = self.folder / f"part-{time.time_ns():020d}-{os.getpid()}.csv"
         write_atomically(path, lambda temporary: table.to_csv(temporary, index=False))
 
     def merged(self, frame):
@@ -299,6 +318,34 @@ class _Parts:
 
     def remove(self):
         shutil.rmtree(self.folder)
+
+
+@contextlib.contextmanager
+def _exclusive(out):
+    """Hold ``<out>.lock`` for the run: a second run on the same --out is refused.
+
+    The lock is an advisory ``flock``: the system releases it when the process
+    ends, however it ends, so a killed run never leaves a stale lock.
+    """
+    lock_path = out.with_name(out.name + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            raise InputError(f"--out {out}: another ldae embed ({holder}) is writing it; "
+                             "wait for it to finish or choose another --out") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()}")
+        lock.flush()
+        try:
+            yield
+        finally:
+            lock_path.unlink(missing_ok=True)
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _check_output_format(out):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -91,8 +92,9 @@ def test_embed_resumes_after_an_interruption_without_redoing_chunks(
     with pytest.raises(KeyboardInterrupt):
         cli.main(command)
     parts = sorted(p.name for p in (tmp_path / "embeddings.tsv.partial").iterdir())
-    assert parts == ["model.sha256", "part-000000.csv", "part-000001.csv"]
-    assert not out.exists()
+    assert len(parts) == 3 and parts[0] == "model.sha256"
+    assert all(re.fullmatch(rf"part-\d{{20}}-{os.getpid()}\.csv", name) for name in parts[1:])
+    assert not out.exists() and not (tmp_path / "embeddings.tsv.lock").exists()
 
     before = list(embedded)
     embedded.clear()
@@ -231,3 +233,40 @@ def test_a_full_disk_is_one_line_not_a_traceback(cohort, model_dir, tmp_path, ca
                      "--out", str(out), "--quiet"]) == 1
     error = capsys.readouterr().err
     assert error == f"ldae embed: error: [Errno 28] No space left on device: '{out}'\n"
+
+
+def test_a_second_embed_into_the_same_out_is_refused_while_one_runs(cohort, model_dir, tmp_path,
+                                                                     capsys):
+    out = tmp_path / "embeddings.csv"
+    command = ["embed", "--model", str(model_dir), "--manifest", str(cohort), "--out", str(out),
+               "--quiet"]
+    with cli._exclusive(out):  # what a running embed holds
+        assert cli.main(command) == 1
+    assert f"--out {out}: another ldae embed (pid {os.getpid()}) is writing it" in capsys.readouterr().err
+    assert not out.exists()
+    assert cli.main(command) == 0 and len(pd.read_csv(out)) == 6  # free again once it ends
+
+
+def test_embed_redoes_rows_left_without_embedding_or_error(cohort, model_dir, tmp_path,
+                                                           monkeypatch, capsys):
+    out = tmp_path / "embeddings.csv"
+    command = ["embed", "--model", str(model_dir), "--manifest", str(cohort), "--out", str(out),
+               "--quiet"]
+    original = cli._embed_chunk
+
+    def loses_first_row(model, paths):
+        table = original(model, paths)
+        table.iloc[0, 2:] = np.nan  # an embedding lost, with no error to say why
+        return table
+
+    monkeypatch.setattr(cli, "_embed_chunk", loses_first_row)
+    assert cli.main(command) == 1
+    assert "1 scans have neither an embedding nor an error" in capsys.readouterr().err
+    assert not out.exists()
+    embedded = []
+    monkeypatch.setattr(cli, "_embed_chunk", lambda model, paths: embedded.extend(paths)
+                        or original(model, paths))
+    assert cli.main(command) == 0 and len(embedded) == 1  # only the lost row, redone
+    table = pd.read_csv(out)
+    features = [c for c in table if c.startswith("ldaeencoder")]
+    assert table[features].notna().all().all()
