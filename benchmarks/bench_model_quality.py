@@ -10,7 +10,8 @@ are held out. Reported per seed, then as mean and worst over the seeds:
 3. probes (subject-grouped stratified 5-fold CV on every scan): AD-vs-CN ROC-AUC and
    age MAE of the LDAE embedding, of the untrained-encoder control (the same fit with
    ``representation_epochs=0``: the same stages 1-2 and the same initial encoder
-   weights) and of the PCA of the voxels;
+   weights) and of the PCA of the voxels; and the R² of each for the cohort's known
+   factors (hippocampus, ventricles, intracranial volume, age);
 4. reconstruction with the encoded x_T at 20 DDIM steps against the autoencoder alone
    (held-out scans);
 5. fit seconds per stage (the load average is recorded beside them).
@@ -38,7 +39,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.model_selection import GroupShuffleSplit
+from sklearn.decomposition import PCA as PCADecomposition
+from sklearn.metrics import r2_score
+from sklearn.model_selection import GroupKFold, GroupShuffleSplit
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from ldae import LDAEEncoder
 from ldae._files import write_atomically
@@ -48,7 +53,7 @@ from ldae.diffusion import NoiseSchedule
 from ldae.generation import autoencoder_reconstruction
 from ldae.imaging import as_volume_dataset
 from ldae.metrics import ssim
-from ldae.model_selection import markdown_table
+from ldae.model_selection import fit_with_groups, grouped_ridge, markdown_table
 from ldae.probes import probe_embeddings
 from ldae.representation import code_steering
 
@@ -57,6 +62,7 @@ UNTRAINED = "LDAE encoder untrained"
 PCA = "PCA of voxels"
 QUICK_OVERRIDES = dict(ae_epochs=4, diffusion_epochs=10, representation_epochs=10)
 TARGETS = {"autoencoder_ssim": 0.95, "steering_ratio": 1.10}
+FACTORS = ("hippocampus_volume", "ventricle_volume", "intracranial_volume", "age")
 
 
 def main(argv=None):
@@ -131,9 +137,10 @@ def run_seed(seed, n_subjects, overrides, checkpoint_root=None):
                 for part, index in (("all scans", np.arange(len(images))),
                                     ("held-out scans", held_out))}
 
-    probes = probe_embeddings({"LDAE": model.transform(images),
-                               UNTRAINED: control.transform(images)},
-                              frame, voxels=images, random_state=seed)
+    embeddings = {"LDAE": model.transform(images), UNTRAINED: control.transform(images)}
+    probes = probe_embeddings(embeddings, frame, voxels=images, random_state=seed)
+    factors = {name: factor_r2(features, frame)
+               for name, features in {**embeddings, PCA: images.reshape(len(images), -1)}.items()}
     return {
         "seed": seed, "scans": len(frame), "train_scans": len(train), "held_out_scans": len(held_out),
         "autoencoder_ssim": float(autoencoder_ssim.mean()),
@@ -146,9 +153,28 @@ def run_seed(seed, n_subjects, overrides, checkpoint_root=None):
                     for features in ("LDAE", UNTRAINED, PCA)},
         "age_mae": {features: _score(probes.age, features, "mae")
                     for features in ("LDAE", UNTRAINED, PCA)},
+        "factor_r2": factors,
         "fit_seconds": model.fit_seconds_, "load_average_before_fit": load_before,
         "config": model.config_.to_dict(),
     }
+
+
+def factor_r2(features, frame):
+    """Cross-validated R² (subject-grouped 5 folds) of a ridge from the features to
+    each known factor of the synthetic cohort: what the representation encodes."""
+    pipeline = ([PCADecomposition(0.9, svd_solver="full")] if features.shape[1] > 1000 else []) + [
+        StandardScaler(), grouped_ridge()]
+    subjects = frame["subject"].to_numpy()
+    scores = {}
+    for factor in FACTORS:
+        target = frame[factor].to_numpy(dtype=float)
+        predicted = np.empty_like(target)
+        for train, test in GroupKFold(5).split(features, target, subjects):
+            fitted = fit_with_groups(make_pipeline(*pipeline), features[train], target[train],
+                                     subjects[train])
+            predicted[test] = fitted.predict(features[test])
+        scores[factor] = float(r2_score(target, predicted))
+    return scores
 
 
 def _score(study, features, metric):
@@ -212,6 +238,9 @@ def render(result):
             "load": round(run["load_average_before_fit"], 2),
         })
     figures = pd.DataFrame(summary["figures"]).T.reset_index(names="figure")
+    factor_rows = [{"seed": run["seed"], "features": name,
+                    **{factor: round(value, 3) for factor, value in scores.items()}}
+                   for run in runs for name, scores in run["factor_r2"].items()]
     return "\n".join([
         f"# Model quality over {len(runs)} seed(s) ({result['subjects']} subjects)", "",
         f"Command: `{result['command']}`; overrides {result['overrides'] or 'none'}.", "",
@@ -219,6 +248,9 @@ def render(result):
         markdown_table(pd.DataFrame(rows)), "",
         "Mean and worst seed:", "",
         markdown_table(figures), "",
+        "What each representation encodes: cross-validated R² of a ridge regression to the "
+        "cohort's known factors (subject-grouped 5 folds):", "",
+        markdown_table(pd.DataFrame(factor_rows)), "",
         "Targets met on every seed: " + "; ".join(
             f"{name}: {'yes' if met else 'no'}"
             for name, met in summary["targets_met_on_every_seed"].items()), "",

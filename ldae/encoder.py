@@ -71,6 +71,11 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
         Weight of the stage-3 penalty on correlated embedding dimensions
         (:func:`ldae.representation.code_correlation_penalty`); 0 trains the plain
         PDAE objective.
+    code_timesteps : int, optional
+        Stage 3 trains the code and the gradient estimator on the diffusion
+        timesteps t < code_timesteps, and the estimator shifts the denoiser there
+        only; 1000 (the paper) is every timestep. The code matters least at high
+        noise, where a scan's own and other scans' codes denoise alike.
     encoder_warmup_fraction : float, optional
         Fraction of the stage-3 epochs, at their start, during which the semantic
         encoder keeps its initial weights and only the gradient estimator trains,
@@ -164,6 +169,7 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
         embedding_dim=None,
         semantic_encoder=None,
         code_decorrelation=None,
+        code_timesteps=None,
         encoder_warmup_fraction=None,
         ae_template=None,
         lr_schedule=None,
@@ -195,6 +201,7 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
         self.embedding_dim = embedding_dim
         self.semantic_encoder = semantic_encoder
         self.code_decorrelation = code_decorrelation
+        self.code_timesteps = code_timesteps
         self.encoder_warmup_fraction = encoder_warmup_fraction
         self.ae_template = ae_template
         self.lr_schedule = lr_schedule
@@ -328,7 +335,7 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
 
         torch.manual_seed(seed + 2)
         semantic_encoder = _build_semantic_encoder(config).to(device)
-        estimator = GradientEstimator(unet, config.embedding_dim).to(device)
+        estimator = GradientEstimator(unet, config.embedding_dim, config.code_timesteps).to(device)
         image_input = config.semantic_encoder == "slice"
         train_loader = loaders.pairs(z0, dataset, train_index, image_input)
         self._run_stage(
@@ -559,7 +566,8 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
         autoencoder.load_state_dict(weights["autoencoder_"])
         unet.load_state_dict(weights["unet_"])
         semantic_encoder.load_state_dict(weights["semantic_encoder_"])
-        estimator = GradientEstimator(unet, self.config_.embedding_dim)
+        estimator = GradientEstimator(unet, self.config_.embedding_dim,
+                                      self.config_.code_timesteps)
         estimator.load_state_dict(weights["estimator_"])
         for name, network in zip(NETWORKS, (autoencoder, unet, semantic_encoder, estimator)):
             setattr(self, name, _frozen(network.to(device)))
@@ -589,6 +597,7 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
             embedding_dim=self.embedding_dim,
             semantic_encoder=self.semantic_encoder,
             code_decorrelation=self.code_decorrelation,
+            code_timesteps=self.code_timesteps,
             encoder_warmup_fraction=self.encoder_warmup_fraction,
             ae_template=self.ae_template,
             lr_schedule=self.lr_schedule,
@@ -683,7 +692,7 @@ def _check_weights_match(config, weights, path):
 
 _INFERENCE_SETTINGS = ("ddim_steps",)
 _REPRESENTATION_SETTINGS = ("semantic_encoder", "encoder_channels", "embedding_dim",
-                            "code_decorrelation", "encoder_warmup_fraction",
+                            "code_decorrelation", "code_timesteps", "encoder_warmup_fraction",
                             "representation_epochs", "representation_lr")
 _DIFFUSION_SETTINGS = ("unet_channels", "unet_res_blocks", "unet_attention", "unet_head_channels",
                        "unet_norm_groups", "diffusion_epochs", "diffusion_lr", "ema_decay")

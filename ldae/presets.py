@@ -16,9 +16,11 @@ LDAEEncoder parameter left at ``None`` takes the preset's value.
 
 Beyond the paper, ``tiny`` and ``small`` train a stage 1 that codes each scan's
 deviation from the mean training scan (``ae_template``) and decay every learning rate
-on a cosine (``lr_schedule``); ``small`` also holds the semantic encoder at its initial
-weights for the first quarter of stage 3 (``encoder_warmup_fraction``). Their effect
-is measured by ``benchmarks/bench_model_quality.py`` (docs/benchmarks.md).
+on a cosine (``lr_schedule``), and train the code and G_ψ on the timesteps t < 600
+only (``code_timesteps``), where own and shuffled codes differ (above, G_ψ is off);
+``small`` also holds the semantic encoder at its initial weights for the first quarter
+of stage 3 (``encoder_warmup_fraction``). Their effect is measured by
+``benchmarks/bench_model_quality.py`` (docs/benchmarks.md).
 """
 
 from dataclasses import asdict, dataclass, replace
@@ -53,6 +55,7 @@ class ModelConfig:
     encoder_channels: tuple = (32, 64)
     embedding_dim: int = 32
     code_decorrelation: float = 0.0
+    code_timesteps: int = 600
     encoder_warmup_fraction: float = 0.0
     # training
     ae_epochs: int = 3
@@ -120,6 +123,7 @@ PRESETS = {
         diffusion_lr=1e-4,
         representation_lr=1e-4,
         lr_schedule="constant",
+        code_timesteps=1000,
         ddim_steps=100,
     ),
 }
@@ -185,6 +189,9 @@ def _validate(config):
             and 0 <= config.encoder_warmup_fraction <= 1):
         raise InputError(
             f"encoder_warmup_fraction={config.encoder_warmup_fraction} must be between 0 and 1")
+    if not (isinstance(config.code_timesteps, int) and 1 <= config.code_timesteps <= 1000):
+        raise InputError(f"code_timesteps={config.code_timesteps!r} must be an integer from 1 "
+                         "to the 1000 training timesteps")
     if not (isinstance(config.code_decorrelation, Real) and 0 <= config.code_decorrelation < inf):
         raise InputError(f"code_decorrelation={config.code_decorrelation} must be a number >= 0")
     if config.ddim_steps > 1000:

@@ -401,21 +401,40 @@ def test_code_steering_measures_what_is_specific_to_each_scan(unet):
     assert losses["no shift"] == losses["own code"] == losses["shuffled codes"]
     assert losses["gain"] == 0
 
-    estimator = randomise(GradientEstimator(unet, embedding_dim=16), seed=4).eval()
+    estimator = randomise(GradientEstimator(unet, embedding_dim=16, timesteps=400), seed=4).eval()
     losses = code_steering(unet, estimator, encoder, z0, z0, schedule, repeats=2, batch_size=4)
     assert losses["own code"] != losses["no shift"] and losses["gain"] != 0
-    # the own-code loss is the PDAE loss on the same draws (scans in batches of 4)
+    # the own-code loss is the stage-3 loss on the same draws: t < 400, scans in batches of 4
     generator, expected = torch.Generator().manual_seed(0), 0.0
     with torch.no_grad():
         for _ in range(2):
             for batch in (z0[:4], z0[4:]):
                 expected += float(pdae_loss(unet, estimator, encoder, batch, batch, schedule,
-                                            generator=generator)) * len(batch)
+                                            timesteps=400, generator=generator)) * len(batch)
     assert losses["own code"] == pytest.approx(expected / 12, rel=1e-5)
 
     class IgnoresTheCode(torch.nn.Module):
-        def forward(self, features, y):
-            return estimator(features, torch.zeros_like(y))
+        def shift(self, features, y, t):
+            return estimator.shift(features, torch.zeros_like(y), t)
 
     losses = code_steering(unet, IgnoresTheCode(), encoder, z0, z0, schedule, repeats=1)
     assert losses["own code"] != losses["no shift"] and losses["gain"] == 0
+
+
+def test_code_timesteps_bound_where_the_estimator_acts_and_trains(unet):
+    estimator = randomise(GradientEstimator(unet, embedding_dim=8, timesteps=600), seed=2)
+    z, y = latents(4), torch.randn(4, 8)
+    t = torch.tensor([0, 599, 600, 999])
+    shift = estimator.shift(unet_features(unet, z, t), y, t)
+    assert shift[:2].abs().amax() > 0 and torch.count_nonzero(shift[2:]) == 0
+    # the denoiser is unchanged above the bound
+    schedule = NoiseSchedule()
+    with torch.no_grad():
+        shifted = shifted_eps(unet, estimator, z, t, y, schedule)
+        plain = unet_head(unet, unet_features(unet, z, t)).float()
+    assert torch.equal(shifted[2:], plain[2:]) and not torch.equal(shifted[:2], plain[:2])
+    draws = schedule.sample_timesteps(10_000, generator=torch.Generator().manual_seed(0), high=600)
+    assert int(draws.max()) == 599 and int(draws.min()) == 0
+    with pytest.raises(InputError, match="code_timesteps=0 must be an integer from 1"):
+        resolve_config("small", code_timesteps=0)
+    assert resolve_config("paper").code_timesteps == 1000  # the paper's objective

@@ -104,13 +104,15 @@ class NoiseSchedule:
         lambda_t = snr**gamma / (1.0 + snr)
         return k_t.to(device=t.device, dtype=torch.float32), lambda_t.to(device=t.device, dtype=torch.float32)
 
-    def sample_timesteps(self, batch_size, *, generator=None, device=None):
-        """Draw timesteps uniformly from {0, ..., T − 1}.
+    def sample_timesteps(self, batch_size, *, generator=None, device=None, high=None):
+        """Draw timesteps uniformly from {0, ..., high − 1} (default high = T).
 
         Parameters
         ----------
         batch_size : int
             Number of timesteps.
+        high : int, optional
+            Exclusive upper bound, at most T.
         generator : torch.Generator, optional
             Source of randomness; the draw happens on its device, then moves to ``device``.
         device : torch.device or str, optional
@@ -122,7 +124,8 @@ class NoiseSchedule:
             Shape (batch_size,).
         """
         draw_device = generator.device if generator is not None else device
-        t = torch.randint(self.num_train_timesteps, (batch_size,), generator=generator, device=draw_device)
+        high = self.num_train_timesteps if high is None else min(int(high), self.num_train_timesteps)
+        t = torch.randint(high, (batch_size,), generator=generator, device=draw_device)
         return t if device is None else t.to(device)
 
     def ddim_timesteps(self, steps):

@@ -136,10 +136,14 @@ class GradientEstimator(nn.Module):
         The trained (frozen) latent denoiser.
     embedding_dim : int
         Size of the semantic code y.
+    timesteps : int or None, default=None
+        G_ψ acts on timesteps t < ``timesteps`` only (it is trained there, and
+        :meth:`shift` is 0 above); None: on every timestep, as in PDAE.
     """
 
-    def __init__(self, unet, embedding_dim):
+    def __init__(self, unet, embedding_dim, timesteps=None):
         super().__init__()
+        self.timesteps = timesteps
         self.middle_block = copy.deepcopy(unet.middle_block)
         self.up_blocks = copy.deepcopy(unet.up_blocks)
         self.out = copy.deepcopy(unet.out)
@@ -155,6 +159,29 @@ class GradientEstimator(nn.Module):
                     resnet.norm2 = _CodeModulatedNorm(resnet.norm2, self._code)
         # The copies inherit requires_grad=False from a frozen UNet.
         self.requires_grad_(True)
+
+
+    def shift(self, features, y, t):
+        """G_ψ's output in float32, 0 for the timesteps it does not act on.
+
+        Parameters
+        ----------
+        features : UNetFeatures
+            Of the frozen denoiser at (z_t, t).
+        y : torch.Tensor
+            Semantic codes, shape (B, embedding_dim).
+        t : torch.LongTensor
+            The timesteps, shape (B,).
+
+        Returns
+        -------
+        torch.Tensor
+        """
+        shift = self(features, y).float()
+        if self.timesteps is None:
+            return shift
+        acts = (t < self.timesteps).to(shift.dtype)
+        return shift * acts.reshape((-1,) + (1,) * (shift.ndim - 1))
 
     def forward(self, features, y):
         """Estimate the gradient shift for the latents that produced ``features``.
@@ -208,7 +235,7 @@ def shifted_eps(unet, estimator, z, t, y, schedule):
     """
     features = unet_features(unet, z, t)
     eps = unet_head(unet, features).float()
-    shift = estimator(features, y).float()
+    shift = estimator.shift(features, y, t)
     sigma = (1.0 - schedule.alphas_cumprod[t.detach().cpu()]).sqrt()
     sigma = sigma.to(device=z.device, dtype=torch.float32).reshape((-1,) + (1,) * (z.ndim - 1))
     return eps - sigma * shift

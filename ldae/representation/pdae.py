@@ -7,7 +7,7 @@ from .gradient_estimator import unet_features, unet_head
 
 
 def pdae_loss(unet, estimator, semantic_encoder, z0, encoder_input, schedule, *, gamma=0.1,
-              decorrelation=0.0, generator=None):
+              decorrelation=0.0, timesteps=None, generator=None):
     """Posterior-mean-gap loss mean_B[λ_t · mean((ε − (ε_θ(z_t, t) + k_t · G_ψ(z_t, y, t)))²)],
     plus ``decorrelation`` · :func:`code_correlation_penalty` (y).
 
@@ -32,6 +32,8 @@ def pdae_loss(unet, estimator, semantic_encoder, z0, encoder_input, schedule, *,
         Exponent of the weighting λ_t = SNR_t^γ / (1 + SNR_t).
     decorrelation : float, default=0.0
         Weight of the penalty on correlated code dimensions; 0 is the plain PDAE loss.
+    timesteps : int, optional
+        Draw t uniformly from {0, ..., timesteps − 1} (default: every timestep).
     generator : torch.Generator, optional
         Source of the timesteps and the noise.
 
@@ -40,14 +42,15 @@ def pdae_loss(unet, estimator, semantic_encoder, z0, encoder_input, schedule, *,
     torch.Tensor
         float32 scalar.
     """
-    t = schedule.sample_timesteps(z0.shape[0], generator=generator, device=z0.device)
+    t = schedule.sample_timesteps(z0.shape[0], generator=generator, device=z0.device,
+                                  high=timesteps)
     noise = standard_normal_like(z0, generator=generator)
     z_t = schedule.add_noise(z0, noise, t)
     with torch.no_grad():
         features = unet_features(unet, z_t, t)
         eps_theta = unet_head(unet, features).float()
     y = semantic_encoder(encoder_input)
-    shift = estimator(features, y).float()
+    shift = estimator.shift(features, y, t)
     k_t, lambda_t = schedule.pdae_weights(t, gamma)
     broadcast = (-1,) + (1,) * (z0.ndim - 1)
     residual = noise - (eps_theta + k_t.reshape(broadcast) * shift)
@@ -94,7 +97,8 @@ def code_steering(unet, estimator, semantic_encoder, z0, encoder_input, schedule
                   random_state=0, batch_size=64):
     """How much the semantic code steers the frozen denoiser: the PDAE loss of the
     scans with no shift (G = 0), with each scan's own code, and with the codes of
-    other scans (a fixed permutation), on the same noise and timesteps.
+    other scans (a fixed permutation), on the same noise and timesteps: those of the
+    stage-3 loss, t < ``estimator.timesteps`` (every timestep when it is None).
 
     ``gain`` = shuffled / own − 1 is the part of the denoising that is specific to the
     scan: 0 when G_ψ learnt a correction that is the same for every scan.
@@ -120,8 +124,9 @@ def code_steering(unet, estimator, semantic_encoder, z0, encoder_input, schedule
     """
     codes = torch.cat([semantic_encoder(chunk) for chunk in torch.split(encoder_input, batch_size)])
     permutation = torch.randperm(len(codes), generator=torch.Generator().manual_seed(random_state))
-    variants = {"no shift": (_no_shift, codes), "own code": (estimator, codes),
+    variants = {"no shift": (_NoShift, codes), "own code": (estimator, codes),
                 "shuffled codes": (estimator, codes[permutation])}
+    timesteps = getattr(estimator, "timesteps", None)
     losses = {}
     for name, (shift, variant_codes) in variants.items():
         generator = torch.Generator().manual_seed(random_state)  # the same draws for each
@@ -130,12 +135,16 @@ def code_steering(unet, estimator, semantic_encoder, z0, encoder_input, schedule
             for first in range(0, len(z0), batch_size):
                 batch = slice(first, first + batch_size)
                 loss = pdae_loss(unet, shift, lambda _: variant_codes[batch], z0[batch], None,
-                                 schedule, generator=generator)
+                                 schedule, timesteps=timesteps, generator=generator)
                 total += float(loss) * len(z0[batch])
         losses[name] = total / (repeats * len(z0))
     losses["gain"] = losses["shuffled codes"] / losses["own code"] - 1.0
     return losses
 
 
-def _no_shift(features, code):
-    return torch.zeros(())
+class _NoShift:
+    """A gradient estimator that never shifts the denoiser (G = 0)."""
+
+    @staticmethod
+    def shift(features, y, t):
+        return torch.zeros(())

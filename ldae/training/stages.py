@@ -147,7 +147,8 @@ def representation_stage(unet, estimator, semantic_encoder, schedule, config, de
         encoder_input = z0 if len(batch) == 1 else as_volume_batch(batch[1], device)
         with autocast(device, dtype):
             return pdae_loss(unet, estimator, semantic_encoder, z0, encoder_input, schedule,
-                             decorrelation=config.code_decorrelation, generator=generator)
+                             decorrelation=config.code_decorrelation,
+                             timesteps=config.code_timesteps, generator=generator)
 
     def step(batch, generator):
         semantic_encoder.train()
