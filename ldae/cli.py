@@ -246,7 +246,13 @@ def _embed_chunk(model, paths):
     """Embeddings of a chunk of scans, by path, with the error of each skipped one."""
     from .imaging import as_volume_dataset
 
-    embeddings = model.transform(list(paths))
+    try:
+        embeddings = model.transform(list(paths))
+    except InputError:
+        if model.on_error != "skip":
+            raise
+        # no scan of the chunk is usable: each gets its error below
+        embeddings = np.full((len(paths), model.config_.embedding_dim), np.nan, np.float32)
     table = pd.DataFrame(embeddings, columns=model.get_feature_names_out())
     table.insert(0, "path", list(paths))
     unusable = np.isnan(embeddings).any(axis=1)
@@ -254,8 +260,9 @@ def _embed_chunk(model, paths):
     for row in np.flatnonzero(unusable):
         # Rare: reading the scan again, alone, says what is wrong with it.
         try:
-            as_volume_dataset([paths.iloc[row]], model.preprocessing_)[0]
-            error = "its grid (voxel size) differs from the other scans of its chunk"
+            as_volume_dataset([paths.iloc[row]], model.preprocessing_,
+                              reference=(model.config_.image_shape, model.affine_))[0]
+            error = "its embedding is not finite"
         except InputError as exc:
             error = str(exc)
         table.loc[row, "error"] = error

@@ -422,8 +422,10 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
         return _rows_of_inputs(torch.cat(list(self._batches(dataset, self._latent_batch))), dataset)
 
     def _dataset(self, X):
+        # every scan is checked against the grid the model was trained on
         return as_volume_dataset(X, self.preprocessing_, cache_dir=self.cache_dir,
-                                 on_error=self.on_error)
+                                 on_error=self.on_error,
+                                 reference=(self.config_.image_shape, self.affine_))
 
     def _embed_dataset(self, dataset):
         return _rows_of_inputs(torch.cat(list(self._batches(dataset, self._embed_batch))), dataset)

@@ -7,8 +7,10 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
@@ -270,3 +272,27 @@ def test_embed_redoes_rows_left_without_embedding_or_error(cohort, model_dir, tm
     table = pd.read_csv(out)
     features = [c for c in table if c.startswith("ldaeencoder")]
     assert table[features].notna().all().all()
+
+
+def test_embed_checks_every_scan_against_the_models_grid(cohort, model_dir, tmp_path):
+    # 2 scans on the model's grid and 3 at another voxel size, in one chunk or one per chunk
+    manifest = pd.read_csv(cohort, sep="\t").iloc[:5]
+    paths = manifest_paths(cohort).iloc[:5].tolist()
+    for k in (2, 3, 4):
+        image = nib.load(paths[k])
+        finer = tmp_path / f"finer{k}.nii.gz"
+        nib.save(nib.Nifti1Image(np.asarray(image.dataobj), np.diag([1.0, 1.0, 1.0, 1.0])), finer)
+        paths[k] = str(finer)
+    manifest["path"] = paths
+    manifest.to_csv(tmp_path / "mixed.csv", index=False)
+    for chunk in ("256", "1"):
+        out = tmp_path / f"embeddings-{chunk}.csv"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SkippedScanWarning)
+            assert cli.main(["embed", "--model", str(model_dir), "--manifest",
+                             str(tmp_path / "mixed.csv"), "--out", str(out), "--chunk-size", chunk,
+                             "--on-error", "skip", "--quiet"]) == 0
+        table = pd.read_csv(out).set_index("path")
+        errors = table["error"]
+        assert errors[paths[:2]].isna().all()  # the right scans are embedded
+        assert errors[paths[2:]].str.contains(r"voxel size \(1, 1, 1\) mm, but the model's grid").all()

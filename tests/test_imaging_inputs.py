@@ -352,3 +352,16 @@ def test_a_torch_tensor_is_taken_like_its_array():
     from_tensor = as_volume_dataset(torch.from_numpy(volumes)[:, None])
     from_array = as_volume_dataset(volumes)
     np.testing.assert_array_equal(from_tensor[1], from_array[1])
+
+
+def test_an_oblique_scan_is_refused_not_read_as_if_straight(tmp_path):
+    angle = np.radians(20)
+    rotation = np.eye(4)
+    rotation[:2, :2] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
+    tilted = write(tmp_path / "tilted.nii.gz", scans(1)[0], rotation @ AFFINE)
+    with pytest.raises(InputError, match=r"tilted\.nii\.gz: its voxel axes are 20\.0 degrees off"):
+        as_volume_dataset([tilted])
+    # a rounding-level tilt is still straight
+    rotation[:2, :2] = [[1, -1e-5], [1e-5, 1]]
+    assert len(as_volume_dataset([write(tmp_path / "straight.nii.gz", scans(1)[0],
+                                        rotation @ AFFINE)])) == 1

@@ -28,6 +28,18 @@ def voxel_sizes(affine):
     return np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
 
 
+MAX_OBLIQUITY_DEGREES = 1.0
+"""Largest angle between a voxel axis and the nearest world axis that is read as straight
+(1 degree moves a voxel 100 mm away by 1.7 mm)."""
+
+
+def obliquity(affine):
+    """Largest angle (degrees) between a voxel axis of a 4x4 affine and its nearest world axis."""
+    axes = np.asarray(affine, dtype=float)[:3, :3]
+    cosines = np.abs(axes).max(axis=0) / np.linalg.norm(axes, axis=0)
+    return float(np.degrees(np.arccos(np.clip(cosines, -1.0, 1.0))).max())
+
+
 def format_sizes(values):
     """Numbers as users write them in messages: ``(5.5, 5.5, 5.5)``, not numpy reprs."""
     return "(" + ", ".join(f"{round(float(v), 4):g}" for v in values) + ")"
@@ -139,7 +151,8 @@ def plan_grid(shape, affine, *, voxel_size=None, target_shape=None, name="image"
     Raises
     ------
     InputError
-        If the affine has no clear orientation, or the requested voxel size
+        If the affine has no clear orientation or is oblique by more than
+        ``MAX_OBLIQUITY_DEGREES``, or the requested voxel size
         leaves an axis with fewer than two voxels or makes an absurd number of
         voxels.
     """
@@ -150,6 +163,14 @@ def plan_grid(shape, affine, *, voxel_size=None, target_shape=None, name="image"
         raise InputError(
             f"{name}: its affine has no clear orientation ({exc}): {affine.tolist()}"
         ) from exc
+    tilt = obliquity(affine)
+    if tilt > MAX_OBLIQUITY_DEGREES:
+        raise InputError(
+            f"{name}: its voxel axes are {tilt:.1f} degrees off the world axes; ldae "
+            "reorients by axis flips and permutations only, so an oblique scan would be "
+            "read as if it were straight. Resample it to an axis-aligned grid first "
+            "(e.g. nilearn.image.resample_img with a diagonal target_affine)"
+        )
     ras_shape = [0, 0, 0]
     for axis, (ras_axis, _) in enumerate(orientation):
         ras_shape[int(ras_axis)] = int(shape[axis])

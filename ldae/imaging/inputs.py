@@ -15,6 +15,7 @@ import operator
 import os
 import warnings
 from collections import Counter
+from typing import NamedTuple
 
 import nibabel as nib
 import numpy as np
@@ -249,7 +250,8 @@ class VolumeDataset(torch.utils.data.Dataset):
         return volume
 
 
-def as_volume_dataset(X, preprocessing=None, *, affine=None, cache_dir=None, on_error="raise"):
+def as_volume_dataset(X, preprocessing=None, *, affine=None, cache_dir=None, on_error="raise",
+                      reference=None):
     """Turn scans into a lazy dataset of preprocessed float32 volumes.
 
     Parameters
@@ -279,6 +281,11 @@ def as_volume_dataset(X, preprocessing=None, *, affine=None, cache_dir=None, on_
         :meth:`VolumeDataset.screen` to find those up front). With "skip",
         scans whose grid differs from the most common one are the ones left
         out.
+    reference : (shape, affine) or None, default=None
+        A grid every scan must match (shape and voxel size after
+        preprocessing), e.g. a fitted model's ``(shape, affine_)``: a scan on
+        another grid is refused (or skipped) whatever the other scans are.
+        None: the scans must agree with each other.
 
     Returns
     -------
@@ -313,7 +320,7 @@ def as_volume_dataset(X, preprocessing=None, *, affine=None, cache_dir=None, on_
         [(i,) for i in range(len(items))], lambda i: _source(items[i], i, affine), _item_name(items)
     )
     scans = skipping.keep(scans, lambda i, source, name: (_plan(source, name, preprocessing),))
-    scans = _on_one_grid(scans, skipping)
+    scans = _on_one_grid(scans, skipping, reference)
     skipped = skipping.table(len(items))
     positions, sources, names, grids = map(list, zip(*scans))
     cache = None if cache_dir is None else VolumeCache(cache_dir, preprocessing.cache_key)
@@ -520,19 +527,29 @@ def _array_affine(affine, preprocessing):
     return np.diag([*(preprocessing.voxel_size or (1.0, 1.0, 1.0)), 1.0])
 
 
-def _on_one_grid(scans, skipping):
-    """The scans whose grid has the shape and voxel size of a reference scan.
+def _on_one_grid(scans, skipping, given=None):
+    """The scans whose grid has the shape and voxel size of a reference.
 
-    The reference is the first scan, or with on_error="skip" the first of the
-    most common grid, so that the odd scans are the ones left out.
+    The reference is the ``given`` grid, else the first scan, or with
+    on_error="skip" the first of the most common grid, so that the odd scans are
+    the ones left out.
     """
     if not scans:
         return scans
+    if given is not None:
+        shape, affine = given
+        reference = (None, None, "the model's grid", _GivenGrid(tuple(shape), np.asarray(affine)))
+        return skipping.keep(scans, lambda *scan: _check_same_grid(scan, reference))
     reference = scans[0]
     if skipping.on_error == "skip":
         counts = Counter(_grid_key(grid) for *_, grid in scans)
         reference = next(scan for scan in scans if counts[_grid_key(scan[3])] == max(counts.values()))
     return skipping.keep(scans, lambda *scan: _check_same_grid(scan, reference))
+
+
+class _GivenGrid(NamedTuple):
+    shape: tuple
+    affine: np.ndarray
 
 
 def _grid_key(grid):
@@ -550,9 +567,12 @@ def _check_same_grid(scan, reference):
         )
     sizes, reference_sizes = voxel_sizes(grid.affine), voxel_sizes(reference_grid.affine)
     if not np.allclose(sizes, reference_sizes, rtol=VOXEL_SIZE_RTOL, atol=0):
+        remedy = ("resample the scan to that voxel size, or fit with "
+                  "Preprocessing(voxel_size=...) to resample every scan"
+                  if isinstance(reference_grid, _GivenGrid) else
+                  "set Preprocessing(voxel_size=...) to resample every scan to one voxel size")
         raise InputError(
             f"{name}: voxel size {format_sizes(sizes)} mm, but {reference_name} has "
-            f"{format_sizes(reference_sizes)} mm; set Preprocessing(voxel_size=...) to "
-            "resample every scan to one voxel size"
+            f"{format_sizes(reference_sizes)} mm; {remedy}"
         )
     return ()
