@@ -16,7 +16,7 @@ LDAEEncoder parameter left at ``None`` takes the preset's value.
 
 Beyond the paper, ``tiny`` and ``small`` train a stage 1 that codes each scan's
 deviation from the mean training scan (``ae_template``) and decay every learning rate
-on a cosine (``lr_schedule``), and train the code and G_ψ on the timesteps t < 600
+on a cosine (``lr_schedule``), and train the code and G_ψ on the timesteps t < 400
 only (``code_timesteps``), where own and shuffled codes differ (above, G_ψ is off);
 ``small`` also holds the semantic encoder at its initial weights for the first quarter
 of stage 3 (``encoder_warmup_fraction``). Their effect is measured by
@@ -55,7 +55,7 @@ class ModelConfig:
     encoder_channels: tuple = (32, 64)
     embedding_dim: int = 32
     code_decorrelation: float = 0.0
-    code_timesteps: int = 600
+    code_timesteps: int = 400
     encoder_warmup_fraction: float = 0.0
     # training
     ae_epochs: int = 3
