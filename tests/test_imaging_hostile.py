@@ -173,6 +173,16 @@ def test_a_flipped_bit_in_gzip_voxels_is_refused_not_read(tmp_path, position, bi
         load(str(path))
 
 
+def test_a_multi_member_gzip_reads_like_a_single_one(tmp_path):
+    # bgzip and concatenated gzips write several members; the voxels may span them
+    path = tmp_path / "members.nii.gz"
+    half = len(VALID) // 2
+    path.write_bytes(gzip.compress(VALID[:half]) + gzip.compress(VALID[half:]))
+    single = tmp_path / "single.nii.gz"
+    single.write_bytes(GZIPPED)
+    np.testing.assert_array_equal(load(str(path)), load(str(single)))
+
+
 def load(path, preprocessing=None):
     """Build a dataset of one scan and read it: everything a fit does with a file."""
     return as_volume_dataset([path], preprocessing or Preprocessing(shape=SHAPE))[0]

@@ -254,25 +254,34 @@ def _read_gzip_data(image, path, needed, name):
     """Decode a gzip image's voxels, checking the whole stream (CRC-32 and length).
 
     nibabel stops reading once it has the voxels, before the gzip trailer, so a
-    flipped bit would pass unnoticed; decompressing here, once, reaches the end.
+    flipped bit would pass unnoticed; decompressing here, once, reaches the end of
+    every member (bgzip writes many). Bytes past the ``needed`` ones are checked
+    in pieces and dropped, never accumulated.
     """
     with open(path, "rb") as file:
-        compressed = file.read()
-    decompressor = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        rest = file.read()
+    pieces, size = [], 0
     try:
-        data = decompressor.decompress(compressed, needed)
-        while decompressor.unconsumed_tail:  # bytes after the voxels: checked, dropped
-            decompressor.decompress(decompressor.unconsumed_tail, _GZIP_PIECE)
-        while decompressor.eof and decompressor.unused_data:  # a further gzip member
-            rest = decompressor.unused_data
+        while rest:  # one gzip member per round
             decompressor = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-            decompressor.decompress(rest, _GZIP_PIECE)
-            while decompressor.unconsumed_tail:
-                decompressor.decompress(decompressor.unconsumed_tail, _GZIP_PIECE)
+            pending = rest
+            while pending:
+                piece = decompressor.decompress(pending, needed - size if size < needed
+                                                else _GZIP_PIECE)
+                if size < needed:
+                    pieces.append(piece)
+                    size += len(piece)
+                pending = decompressor.unconsumed_tail
+            if not decompressor.eof:
+                raise InputError(f"{name}: truncated gzip file (the stream ends early); "
+                                 "the file is damaged")
+            rest = decompressor.unused_data
     except zlib.error as exc:
         raise InputError(f"{name}: corrupt gzip data ({exc}); the file is damaged") from exc
-    if not decompressor.eof or len(data) < needed:
-        raise InputError(f"{name}: truncated gzip file (the stream ends early); the file is damaged")
+    if size < needed:
+        raise InputError(f"{name}: truncated gzip file ({size} of the {needed} bytes its "
+                         "header needs); the file is damaged")
+    data = b"".join(pieces)
     proxy = image.dataobj
     copy = ArrayProxy(io.BytesIO(data), (proxy.shape, proxy.dtype, proxy.offset, proxy.slope,
                                           proxy.inter), order=proxy.order)
