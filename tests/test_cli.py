@@ -135,7 +135,7 @@ def test_embed_skips_a_broken_and_a_missing_scan_on_request(cohort, model_dir, t
     table = pd.read_csv(out).set_index("path")
     assert table["error"].notna().sum() == 2
     assert "truncated gzip file" in table.loc[str(broken), "error"]
-    assert "no such file" in table.loc[str(tmp_path / "gone.nii.gz"), "error"]
+    assert "does not exist" in table.loc[str(tmp_path / "gone.nii.gz"), "error"]
     features = [c for c in table if c.startswith("ldaeencoder")]
     assert table.loc[table["error"].notna(), features].isna().all().all()
     assert table.loc[table["error"].isna(), features].notna().all().all()

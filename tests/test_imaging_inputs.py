@@ -14,7 +14,7 @@ import torch
 from nibabel.arrayproxy import ArrayProxy
 
 from ldae.exceptions import InputError
-from ldae.imaging import Preprocessing, as_volume_dataset
+from ldae.imaging import Preprocessing, as_volume_dataset, read_manifest
 
 SHAPE = (20, 24, 20)
 # RAS, 1.5 mm voxels, origin away from voxel 0.
@@ -202,7 +202,7 @@ def corrupt_gzip_stream(path):
 
 def test_a_missing_file_is_named_when_the_dataset_is_built(tmp_path, cohort):
     missing = str(tmp_path / "nowhere.nii.gz")
-    with pytest.raises(InputError, match=r"nowhere\.nii\.gz: no such file"):
+    with pytest.raises(InputError, match=r"nowhere\.nii\.gz: does not exist"):
         as_volume_dataset([cohort[1][0], missing])
 
 
@@ -365,3 +365,17 @@ def test_an_oblique_scan_is_refused_not_read_as_if_straight(tmp_path):
     rotation[:2, :2] = [[1, -1e-5], [1e-5, 1]]
     assert len(as_volume_dataset([write(tmp_path / "straight.nii.gz", scans(1)[0],
                                         rotation @ AFFINE)])) == 1
+
+
+def test_a_symlink_loop_and_a_directory_are_named_for_what_they_are(tmp_path):
+    loop = tmp_path / "loop.nii.gz"
+    loop.symlink_to(loop)
+    with pytest.raises(InputError, match=r"loop\.nii\.gz: is a symbolic link that leads nowhere"):
+        as_volume_dataset([str(loop)])
+    folder = tmp_path / "folder.nii.gz"
+    folder.mkdir()
+    manifest = tmp_path / "cohort.csv"
+    manifest.write_text(f"subject,session,path\nsub-1,ses-1,{folder}\n")
+    with pytest.raises(InputError, match=r"cohort\.csv, line 2: scan file .*folder\.nii\.gz is a "
+                                         r"directory, not an image file"):
+        read_manifest(manifest)

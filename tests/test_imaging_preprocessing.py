@@ -148,5 +148,5 @@ def test_a_brain_mask_off_the_target_grid_is_refused(tmp_path):
         as_volume_dataset(X, Preprocessing(brain_mask=tmp_path / "coarse.nii.gz"))
     with pytest.raises(InputError, match=r"brain_mask: the mask is empty"):
         as_volume_dataset(X, Preprocessing(brain_mask=tmp_path / "empty.nii.gz"))
-    with pytest.raises(InputError, match=r"absent\.nii\.gz: no such file"):
+    with pytest.raises(InputError, match=r"absent\.nii\.gz: does not exist"):
         as_volume_dataset(X, Preprocessing(brain_mask=tmp_path / "absent.nii.gz"))

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..exceptions import InputError
+from .nifti import why_not_a_file
 
 _SESSION_MONTHS = re.compile(r"^ses-M(\d+)$", re.IGNORECASE)
 _LEADING_COLUMNS = ["subject", "session", "months", "path", "diagnosis", "age", "sex"]
@@ -196,9 +197,10 @@ def _finish(frame, where, check_files=True):
         )
     absent = ~frame["path"].map(os.path.isfile)
     if check_files and absent.any():
+        first = frame.loc[absent.idxmax(), "path"]
         raise InputError(
-            f"{where[absent.idxmax()]}: scan file {frame.loc[absent.idxmax(), 'path']} "
-            f"does not exist ({int(absent.sum())} missing in all)"
+            f"{where[absent.idxmax()]}: scan file {first} {why_not_a_file(first)} "
+            f"({int(absent.sum())} unusable paths in all)"
         )
     columns = [c for c in _LEADING_COLUMNS if c in frame]
     columns += [c for c in frame.columns if c not in columns]

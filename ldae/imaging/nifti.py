@@ -52,10 +52,8 @@ def open_image(path):
         complex or RGB voxels, or is shorter than its header says (exactly for
         an uncompressed file; beyond what deflate can expand to for a gzip).
     """
-    if not os.path.exists(path):
-        raise InputError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise InputError(f"{path}: is a directory, not an image file")
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: {why_not_a_file(path)}")
     try:
         image = nib.load(path)
     except Exception as exc:  # nibabel parses hostile bytes: any failure means a bad file
@@ -65,6 +63,17 @@ def open_image(path):
     check_data_type(image, path)
     _check_file_size(image, path)
     return image
+
+
+def why_not_a_file(path):
+    """Why a path names no readable file, in words: missing, a directory, a broken link."""
+    if os.path.isdir(path):
+        return "is a directory, not an image file"
+    if os.path.islink(path):
+        return "is a symbolic link that leads nowhere (a loop, or a missing target)"
+    if os.path.exists(path):
+        return "is not a regular file"
+    return "does not exist"
 
 
 def check_data_type(image, name):
