@@ -351,7 +351,8 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
             warnings.warn(
                 f"{degenerate} of {config.embedding_dim} embedding dimensions barely vary "
                 "across the training scans (identical or near-identical scans?); they are "
-                "standardised with a floor on their spread, and carry no information",
+                "scaled by the codes' overall size, not by their ~0 spread, and carry no "
+                "information",
                 UserWarning, stacklevel=3)
         self.unet_ = _frozen(unet)
         self.semantic_encoder_ = _frozen(semantic_encoder)
@@ -516,8 +517,10 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
                 model.preprocessing = None
             model.preprocessing_ = Preprocessing.from_dict(payload["preprocessing"])
             fitted = dict(payload["fitted"])
+            # files written before code_timesteps existed trained G_psi on every timestep
+            config = {"code_timesteps": 1000, **fitted.pop("config")}
             model.config_ = ModelConfig(**{key: tuple(value) if isinstance(value, list) else value
-                                           for key, value in fitted.pop("config").items()})
+                                           for key, value in config.items()})
             model.affine_ = np.asarray(fitted.pop("affine"), dtype=float)
         except (TypeError, KeyError, ValueError, InputError) as error:
             raise CheckpointError(f"{path} holds settings this ldae cannot use "

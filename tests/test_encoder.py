@@ -257,6 +257,17 @@ def test_a_checksum_valid_but_altered_model_file_is_refused_in_one_line(fitted, 
     assert allocated == []  # refused before any network was built for real
 
 
+def test_a_model_file_from_before_code_timesteps_keeps_every_timestep(fitted, tmp_path):
+    path = tmp_path / "model.ldae"
+    fitted.save(path)
+    payload = load_checkpoint(path)
+    config = dict(payload["fitted"]["config"])
+    del config["code_timesteps"]
+    save_checkpoint(_altered(payload, fitted={"config": config}), path)
+    loaded = LDAEEncoder.load(path)
+    assert loaded.config_.code_timesteps == loaded.estimator_.timesteps == 1000
+
+
 def test_set_output_pandas_keeps_series_index(cohort, fitted, tmp_path):
     paths = []
     for number, volume in enumerate(cohort.images[:3]):
