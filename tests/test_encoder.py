@@ -113,7 +113,7 @@ def _sklearn_checks():
         yield pytest.param(estimator, check, marks=marks, id=name)
 
 
-@pytest.mark.parametrize("estimator, check", _sklearn_checks())
+@pytest.mark.parametrize("estimator, check", list(_sklearn_checks()))
 def test_sklearn_checks(estimator, check):
     check(estimator)
 
