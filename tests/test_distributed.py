@@ -10,7 +10,7 @@ import numpy as np
 from ldae import LDAEEncoder
 from ldae.training.checkpoint import load_checkpoint
 
-EPOCHS = dict(preset="tiny", ae_epochs=2, diffusion_epochs=2, representation_epochs=2,
+EPOCHS = dict(preset="tiny", ae_epochs=2, diffusion_epochs=2, representation_epochs=8,
               random_state=0)
 
 # Run by each process: fit, then report a digest of the weights and the history.
@@ -52,9 +52,11 @@ def test_two_processes_train_one_model_as_well_as_one_process_with_their_joint_b
     parallel = ranks[0]["history"]
     np.testing.assert_allclose(parallel["autoencoder"]["loss"],
                                single.history_["autoencoder"]["loss"], rtol=0.05)
-    for stage in ("diffusion", "representation"):
-        np.testing.assert_allclose(parallel[stage]["loss"][-1],
-                                   single.history_[stage]["loss"][-1], rtol=0.2)
+    np.testing.assert_allclose(parallel["diffusion"]["loss"][-1],
+                               single.history_["diffusion"]["loss"][-1], rtol=0.2)
+    # a one-batch PDAE loss swings with its timestep draws: compare the stage's mean
+    np.testing.assert_allclose(np.mean(parallel["representation"]["loss"]),
+                               np.mean(single.history_["representation"]["loss"]), rtol=0.2)
 
     # Process 0 wrote the checkpoints and the model, which embeds the cohort.
     for stage in ("autoencoder", "diffusion", "representation"):

@@ -272,7 +272,7 @@ def test_set_output_pandas_keeps_series_index(cohort, fitted, tmp_path):
     paths = []
     for number, volume in enumerate(cohort.images[:3]):
         path = tmp_path / f"scan{number}.nii.gz"
-        nib.save(nib.Nifti1Image(volume, cohort.affine), path)
+        nib.save(nib.Nifti1Image(volume, fitted.affine_), path)  # on the model's grid
         paths.append(str(path))
     series = pd.Series(paths, index=["a", "b", "c"], name="path")
     model = pickle.loads(pickle.dumps(fitted)).set_output(transform="pandas")
