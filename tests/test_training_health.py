@@ -61,3 +61,46 @@ def _tensors(payload):
     elif isinstance(payload, (list, tuple)):
         for value in payload:
             yield from _tensors(value)
+
+
+class _NanGradient(torch.autograd.Function):
+    """The identity, whose backward returns NaN: a finite loss with NaN gradients."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, gradient):
+        return torch.full_like(gradient, float("nan"))
+
+
+def test_a_step_with_nan_gradients_is_skipped_and_the_stage_continues_in_fp32():
+    # what oneDNN's bf16 convolution backward does on tiny volumes: a finite loss, NaN grads
+    from ldae.training.device import autocast
+    from ldae.training.loop import Stage, optimisation_step, train_stage
+
+    network = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(network.parameters(), lr=0.1)
+    in_bf16, calls = [], []
+
+    def step(batch, generator):
+        calls.append(1)
+        with autocast(torch.device("cpu"), torch.bfloat16):
+            in_bf16.append(torch.is_autocast_enabled("cpu"))
+            output = network(batch)
+            if len(calls) == 2:
+                output = _NanGradient.apply(output)
+            loss = output.float().square().mean()
+        optimisation_step(loss, optimizer, network.parameters())
+        return float(loss.detach())
+
+    stage = Stage("diffusion", step, lambda batch, generator: 0.0, {}, epochs=4)
+    with pytest.warns(UserWarning, match="it was skipped, and the rest of the stage trains in fp32"):
+        train_stage(stage, [torch.ones(3, 2)], generator=torch.Generator())
+    assert torch.isfinite(network.weight).all() and len(stage.history["loss"]) == 4
+    assert in_bf16 == [True, True, False, False]
+    # the next stage tries reduced precision again
+    train_stage(Stage("representation", step, lambda b, g: 0.0, {}, epochs=1), [torch.ones(3, 2)],
+                generator=torch.Generator())
+    assert in_bf16[-1] is True

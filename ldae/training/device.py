@@ -60,8 +60,25 @@ def has_native_bf16():
     return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
+class _Fallback:
+    """Whether the stage in training has fallen back from reduced precision to fp32."""
+
+    to_fp32 = False
+
+
 def autocast(device, dtype):
-    """Autocast context for ``dtype`` on ``device``, or a no-op when dtype is None."""
-    if dtype is None:
+    """Autocast context for ``dtype`` on ``device``; a no-op when dtype is None or the
+    stage in training fell back to fp32 (:func:`fall_back_to_fp32`)."""
+    if dtype is None or _Fallback.to_fp32:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def fall_back_to_fp32(active=True):
+    """Make :func:`autocast` a no-op until the next stage (``active=False`` resets it).
+
+    Reduced-precision kernels can return NaN gradients where fp32 ones do not
+    (oneDNN's bf16 convolution backward on tiny volumes); the loop then trains the rest
+    of the stage in fp32 rather than in bf16 with NaN steps.
+    """
+    _Fallback.to_fp32 = active

@@ -2,6 +2,7 @@
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -10,6 +11,7 @@ from tqdm.auto import tqdm
 
 from ..exceptions import LDAEError
 from . import distributed
+from .device import fall_back_to_fp32
 
 
 CHECKPOINT_SECONDS = 300.0
@@ -53,15 +55,35 @@ class Stage:
 
 def optimisation_step(loss, optimizer, parameters, *, max_norm=1.0, averages=()):
     """Backpropagate ``loss``, average the gradients over the processes of a
-    data-parallel fit, clip the gradient norm, step, and update EMAs."""
+    data-parallel fit, clip the gradient norm, step, and update EMAs.
+
+    A step whose gradients are not finite although its loss is (oneDNN's bf16
+    convolution backward returns NaN weight gradients on some tiny volumes, e.g.
+    16x24x16 on one thread) is skipped, as mixed-precision training skips
+    overflowed steps, and the rest of the stage trains in fp32, with a warning.
+
+    Returns
+    -------
+    bool
+        Whether the step was taken.
+    """
     parameters = list(parameters)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     distributed.average_gradients(parameters)
-    torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+    norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+    if not torch.isfinite(norm) and math.isfinite(float(loss)):
+        optimizer.zero_grad(set_to_none=True)
+        fall_back_to_fp32()
+        warnings.warn("an optimisation step gave non-finite gradients with a finite loss: "
+                      "it was skipped, and the rest of the stage trains in fp32 (reduced-"
+                      "precision kernels of this CPU misbehave at this size)",
+                      UserWarning, stacklevel=3)
+        return False
     optimizer.step()
     for average, module in averages:
         average.update_parameters(module)
+    return True
 
 
 def train_stage(stage, train_loader, val_loader=None, *, generator, checkpoints=None,
@@ -93,6 +115,7 @@ def train_stage(stage, train_loader, val_loader=None, *, generator, checkpoints=
         ``{"loss": [...], "val_loss": [...]}``, one mean value per epoch; in a
         data-parallel fit, means over the processes.
     """
+    fall_back_to_fp32(False)
     start = _resume(stage, generator, train_loader, checkpoints)
     last_saved = time.monotonic()
     progress = tqdm(range(start, stage.epochs), desc=stage.name,
