@@ -98,6 +98,8 @@ def _parser():
     fit.add_argument("--random-state", type=int, default=0,
                      help="seed (default: 0; a rerun must use the same one to resume)")
     fit.add_argument("--device", default="auto")
+    fit.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                     help="training precision (default: auto, bf16 where the hardware has it)")
     _add_common(fit)
     fit.set_defaults(run=_fit)
 
@@ -170,6 +172,7 @@ def _encoder_params(args, out):
         "on_error": args.on_error,
         "validation_fraction": args.validation_fraction,
         "device": args.device,
+        "precision": args.precision,
         "num_workers": args.num_workers,
         "random_state": args.random_state,
         "verbose": 0 if args.quiet else 1,

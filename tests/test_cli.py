@@ -21,7 +21,7 @@ from ldae.exceptions import SkippedScanWarning
 from ldae.training.checkpoint import load_checkpoint
 
 EPOCHS = ["--preset", "tiny", "--ae-epochs", "1", "--diffusion-epochs", "1",
-          "--representation-epochs", "1"]
+          "--representation-epochs", "1", "--precision", "fp32"]
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +53,7 @@ def test_fit_writes_a_model_its_summary_and_stage_checkpoints(cohort, model_dir)
     assert summary["n_skipped"] == 0 and 0 < summary["n_scans"] <= 6
     model = LDAEEncoder.load(model_dir / "model.pt")
     assert model.get_params()["random_state"] == 0 and model.config_.ae_epochs == 1
+    assert model.get_params()["precision"] == "fp32"  # --precision reaches the model
     assert set(model.history_) == {"autoencoder", "diffusion", "representation"}
 
 
