@@ -2,6 +2,7 @@
 
 import base64
 import io
+import warnings
 from html.parser import HTMLParser
 
 import numpy as np
@@ -42,7 +43,16 @@ def demo(tmp_path_factory):
     folder = tmp_path_factory.mktemp("demo")
     tiny = LDAEEncoder(preset="tiny", ae_epochs=1, diffusion_epochs=1, representation_epochs=1,
                        random_state=0)
-    return run_demo(folder, n_subjects=20, encoder=tiny, verbose=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run_demo(folder, n_subjects=20, encoder=tiny, verbose=0)
+    result["warnings"] = [str(warning.message) for warning in caught]
+    return result
+
+
+def test_the_demo_control_reuses_the_fit_without_a_checkpoint_warning(demo):
+    # the control knowingly replaces the fit's stage-3 checkpoint: no alarm for the user
+    assert not [text for text in demo["warnings"] if "belongs to another fit" in text]
 
 
 def test_html_report_embeds_every_figure_as_a_non_empty_png(demo):
