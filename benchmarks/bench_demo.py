@@ -46,8 +46,12 @@ def run(command):
     line = re.search(r"^Seconds: (.*)$", report, flags=re.MULTILINE).group(1)
     steps = {name.strip(): float(value)
              for name, value in re.findall(r"([a-z][a-z ]*) (\d+(?:\.\d+)?)", line)}
+    # the demo's own probe table: LDAE against its untrained control and the PCA of voxels
+    probes = re.search(r"^## Linear probes\n.*?\n(\| features \|.*?)\n\n", report,
+                       flags=re.MULTILINE | re.DOTALL)
     return {"command": command, "wall_seconds": wall, "target_seconds": TARGET_SECONDS[command],
-            "met": wall < TARGET_SECONDS[command], "steps": steps}
+            "met": wall < TARGET_SECONDS[command], "steps": steps,
+            "probe_table": probes.group(1) if probes else None}
 
 
 def main(argv=None):
@@ -78,6 +82,9 @@ def main(argv=None):
         markdown_table(pd.DataFrame(rows)), "",
         "Wall time of a fresh `python -m ldae demo` process, imports included; the other "
         "columns are the seconds per step from the demo's report.",
+        *[line for run in runs if run["probe_table"]
+          for line in ("", f"Linear probes of `{run['command']}` (its report's table, "
+                           "mean ± sd over subject-grouped folds):", "", run["probe_table"])],
     ])
     name = "demo_quick" if args.quick else "demo"
     OUTPUT.mkdir(parents=True, exist_ok=True)
