@@ -133,7 +133,7 @@ class BrainAgeRegressor(RegressorMixin, BaseEstimator):
             warnings.warn(f"BrainAgeRegressor: predicted age barely follows age on the training "
                           f"data (bias slope {slope:.3f}); the age-bias correction divides by "
                           "this slope and amplifies the noise", UserWarning, stacklevel=2)
-        self.estimator_ = self._fit(clone(estimator), X, y, groups)
+        self.estimator_ = fit_with_groups(clone(estimator), X, y, groups)
         self.bias_slope_ = float(slope)
         self.bias_intercept_ = float(intercept)
         self.age_mean_ = float(np.mean(y))
@@ -192,20 +192,16 @@ class BrainAgeRegressor(RegressorMixin, BaseEstimator):
             raise InputError(f"estimator: {type(self.estimator).__name__} is not a regressor")
         return self.estimator
 
-    @staticmethod
-    def _fit(estimator, X, y, groups):
-        return estimator.fit(X, y) if groups is None else fit_with_groups(estimator, X, y, groups)
-
     def _training_predictions(self, estimator, X, y, groups):
         if self.cv is None:
-            return self._fit(clone(estimator), X, y, groups).predict(X)
+            return fit_with_groups(clone(estimator), X, y, groups).predict(X)
         splitter = self.cv
         if isinstance(splitter, Integral):
             splitter = GroupKFold(splitter) if groups is not None else KFold(splitter)
         predictions = np.empty(len(y))
         covered = np.zeros(len(y), dtype=bool)
         for train, test in splitter.split(X, y, groups):
-            fold_model = self._fit(clone(estimator), _safe_indexing(X, train), y[train],
+            fold_model = fit_with_groups(clone(estimator), _safe_indexing(X, train), y[train],
                                    None if groups is None else np.asarray(groups)[train])
             predictions[test] = fold_model.predict(_safe_indexing(X, test))
             covered[test] = True

@@ -586,14 +586,16 @@ def fit_with_groups(estimator, X, y, groups):
     ----------
     estimator : estimator
     X, y : array-like of length n_samples
-    groups : array-like of shape (n_samples,)
-        Subject of every sample.
+    groups : array-like of shape (n_samples,) or None
+        Subject of every sample; None fits ``estimator.fit(X, y)``.
 
     Returns
     -------
     estimator
         The fitted estimator.
     """
+    if groups is None:
+        return estimator.fit(X, y)
     with config_context(enable_metadata_routing=True):
         routed = get_routing_for_object(estimator).consumes("fit", ["groups"])
         return estimator.fit(X, y, **({"groups": np.asarray(groups)} if routed else {}))

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from nibabel import orientations
+from nibabel import affines, orientations
 
 from ..exceptions import InputError
 
@@ -35,9 +35,7 @@ MAX_OBLIQUITY_DEGREES = 1.0
 
 def obliquity(affine):
     """Largest angle (degrees) between a voxel axis of a 4x4 affine and its nearest world axis."""
-    axes = np.asarray(affine, dtype=float)[:3, :3]
-    cosines = np.abs(axes).max(axis=0) / np.linalg.norm(axes, axis=0)
-    return float(np.degrees(np.arccos(np.clip(cosines, -1.0, 1.0))).max())
+    return float(np.degrees(affines.obliquity(np.asarray(affine, dtype=float))).max())
 
 
 def format_sizes(values):

@@ -10,7 +10,6 @@ when an item is read.
 
 import glob
 import hashlib
-import math
 import operator
 import os
 import warnings
@@ -475,10 +474,7 @@ def _volumes_of_one_image(X, preprocessing):
     if len(shape) < 4 or shape[3] < 2:
         scan = os.fspath(X) if is_path else type(X).__name__
         raise InputError(f"X is a single scan ({scan}); pass a list of scans, e.g. [X]")
-    if math.prod(shape) > preprocessing.max_voxels:
-        raise InputError(f"{name}: its header claims {math.prod(shape)} voxels (shape "
-                         f"{format_sizes(shape)}), more than Preprocessing(max_voxels="
-                         f"{preprocessing.max_voxels})")
+    preprocessing.check_voxel_count(shape, name)
     return split_volumes(image, name)
 
 

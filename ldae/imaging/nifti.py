@@ -110,9 +110,10 @@ def _data_file(image):
 
 def _check_file_size(image, path):
     """Catch a truncated file, or absurd dimensions, from sizes alone."""
-    if _data_file(image) is None:
+    source = _data_file(image)
+    if source is None:
         return
-    data_file, needed = _data_file(image)
+    data_file, needed = source
     proxy = image.dataobj
     size = os.path.getsize(data_file)
     if data_file.endswith(".gz") and needed > _DEFLATE_MAX_RATIO * size:

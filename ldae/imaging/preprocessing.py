@@ -171,13 +171,7 @@ class Preprocessing:
             one 3D volume, its affine is unusable, or the
             brain mask does not lie on its target grid.
         """
-        claimed = math.prod(int(n) for n in shape)
-        if claimed > self.max_voxels:
-            raise InputError(
-                f"{name}: its header claims {claimed} voxels (shape {format_sizes(shape)}), "
-                f"more than Preprocessing(max_voxels={self.max_voxels}); raise max_voxels "
-                "if the scan is really that large"
-            )
+        self.check_voxel_count(shape, name)
         grid = plan_grid(
             spatial_shape(shape, name),
             check_affine(affine, name),
@@ -198,6 +192,22 @@ class Preprocessing:
                     f"mask:\n{mask_affine}\ntarget grid:\n{grid.affine}"
                 )
         return grid
+
+    def check_voxel_count(self, shape, name="image"):
+        """Refuse, from its header's shape, a scan of more than ``max_voxels`` voxels.
+
+        Raises
+        ------
+        InputError
+            Naming the scan, its claimed shape and the setting.
+        """
+        claimed = math.prod(int(n) for n in shape)
+        if claimed > self.max_voxels:
+            raise InputError(
+                f"{name}: its header claims {claimed} voxels (shape {format_sizes(shape)}), "
+                f"more than Preprocessing(max_voxels={self.max_voxels}); raise max_voxels "
+                "if the scan is really that large"
+            )
 
     def apply(self, image, name="image"):
         """Preprocess one scan.
