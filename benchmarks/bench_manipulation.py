@@ -45,11 +45,11 @@ from ldae.datasets._template import VENTRICLES, template_on_grid
 from ldae.demo import DEMO_SHAPE, FULL, QUICK
 from ldae.generation import autoencoder_reconstruction, embedding_direction
 from ldae.imaging import as_volume_dataset
+from ldae.imaging.grid import MNI_FIELD_OF_VIEW_MM
 from ldae.metrics import ssim
 from ldae.plotting import plot_manipulation
 
 OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
-FOV = (176.0, 220.0, 176.0)  # make_synthetic_cohort's default field of view
 STEPS_IN_GAPS = (-2, -1, 0, 1, 2)
 DARK = 0.6
 VENTRICLE_PROBABILITY = 0.3
@@ -58,7 +58,7 @@ DILATION_VOXELS = 2
 
 def ventricle_mask(shape):
     """The template's lateral-ventricle region on the cohort's grid."""
-    probability = template_on_grid(shape, FOV).channels[VENTRICLES].numpy()
+    probability = template_on_grid(shape, MNI_FIELD_OF_VIEW_MM).channels[VENTRICLES].numpy()
     return ndimage.binary_dilation(probability > VENTRICLE_PROBABILITY, iterations=DILATION_VOXELS)
 
 

@@ -12,8 +12,12 @@ are held out. Reported per seed, then as mean and worst over the seeds:
    ``representation_epochs=0``: the same stages 1-2 and the same initial encoder
    weights) and of the PCA of the voxels; and the R² of each for the cohort's known
    factors (hippocampus, ventricles, intracranial volume, age);
-4. reconstruction with the encoded x_T at 20 DDIM steps against the autoencoder alone
-   (held-out scans);
+4. generative quality: reconstruction with the encoded x_T at 20 DDIM steps against the
+   autoencoder alone (held-out scans); the ventricle growth when up to 12 CN baseline
+   scans of held-out subjects are moved two AD − CN gaps toward AD (the measure and
+   probe of ``bench_manipulation.py``) as a fraction of the real AD − CN difference of
+   the same measure; the SSIM of every missing middle visit of the held-out subjects
+   interpolated at 20 steps against the autoencoder's own reconstruction of that visit;
 5. fit seconds per stage (the load average is recorded beside them).
 
     python benchmarks/bench_model_quality.py                  # 80 subjects, seeds 0 1 2
@@ -40,6 +44,7 @@ import numpy as np
 import pandas as pd
 import torch
 from sklearn.decomposition import PCA as PCADecomposition
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import r2_score
 from sklearn.model_selection import GroupKFold, GroupShuffleSplit
 from sklearn.pipeline import make_pipeline
@@ -50,18 +55,23 @@ from ldae._files import write_atomically
 from ldae.datasets import make_synthetic_cohort
 from ldae.demo import DEMO_SHAPE
 from ldae.diffusion import NoiseSchedule
-from ldae.generation import autoencoder_reconstruction
+from ldae.generation import autoencoder_reconstruction, embedding_direction
+from ldae.imputation import impute_missing_visits
 from ldae.imaging import as_volume_dataset
 from ldae.metrics import ssim
 from ldae.model_selection import fit_with_groups, grouped_ridge, markdown_table
 from ldae.probes import probe_embeddings
 from ldae.representation import code_steering
 
+from bench_manipulation import STEPS_IN_GAPS, ventricle_mask, ventricle_volume
+
 OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
 UNTRAINED = "LDAE encoder untrained"
 PCA = "PCA of voxels"
 QUICK_OVERRIDES = dict(ae_epochs=4, diffusion_epochs=10, representation_epochs=10)
-TARGETS = {"autoencoder_ssim": 0.95, "steering_ratio": 1.10}
+TARGETS = {"autoencoder_ssim": 0.95, "steering_ratio": 1.10, "manipulation_fraction": 0.25,
+           "interpolation_gap": 0.01}
+MANIPULATED_SCANS = 12
 FACTORS = ("hippocampus_volume", "ventricle_volume", "intracranial_volume", "age")
 
 
@@ -114,6 +124,7 @@ def _parse_setting(text):
 def run_seed(seed, n_subjects, overrides, checkpoint_root=None):
     cohort = make_synthetic_cohort(n_subjects, shape=DEMO_SHAPE, random_state=seed)
     frame, images = cohort.frame, cohort.images
+    voxel_ml = abs(np.linalg.det(cohort.affine[:3, :3])) / 1000.0
     train, held_out = next(GroupShuffleSplit(1, test_size=0.2, random_state=seed)
                            .split(images, groups=frame.subject))
     load_before = os.getloadavg()[0]
@@ -138,6 +149,9 @@ def run_seed(seed, n_subjects, overrides, checkpoint_root=None):
                                     ("held-out scans", held_out))}
 
     embeddings = {"LDAE": model.transform(images), UNTRAINED: control.transform(images)}
+    generative = {"manipulation": manipulation_growth(model, images, frame, held_out,
+                                                      embeddings["LDAE"], voxel_ml),
+                  "interpolation": interpolation_quality(model, images, frame, held_out)}
     probes = probe_embeddings(embeddings, frame, voxels=images, random_state=seed)
     factors = {name: factor_r2(features, frame)
                for name, features in {**embeddings, PCA: images.reshape(len(images), -1)}.items()}
@@ -154,9 +168,46 @@ def run_seed(seed, n_subjects, overrides, checkpoint_root=None):
         "age_mae": {features: _score(probes.age, features, "mae")
                     for features in ("LDAE", UNTRAINED, PCA)},
         "factor_r2": factors,
+        **generative,
         "fit_seconds": model.fit_seconds_, "load_average_before_fit": load_before,
         "config": model.config_.to_dict(),
     }
+
+
+def manipulation_growth(model, images, frame, held_out, embeddings, voxel_ml):
+    """Ventricle growth 0 -> +2 AD − CN gaps over the real AD − CN difference."""
+    mask = ventricle_mask(DEMO_SHAPE)
+    dataset = as_volume_dataset(images, model.preprocessing_)
+    real = ventricle_volume(np.stack([dataset[i] for i in range(len(dataset))]), mask, voxel_ml)
+    diagnosis = frame["diagnosis"].to_numpy()
+    is_ad, is_cn = diagnosis == "AD", diagnosis == "CN"
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    probe.fit(embeddings[is_ad | is_cn], is_ad[is_ad | is_cn])
+    projection = embeddings @ embedding_direction(probe, embeddings.shape[1])
+    gap = float(projection[is_ad].mean() - projection[is_cn].mean())
+    baseline_cn = np.flatnonzero(is_cn & (frame["months"].to_numpy() == 0))
+    chosen = np.intersect1d(baseline_cn, held_out)[:MANIPULATED_SCANS]
+    moved = model.manipulate(images[chosen], probe, [0.0, STEPS_IN_GAPS[-1] * gap])
+    volumes = ventricle_volume(moved, mask, voxel_ml)
+    real_difference = float(real[is_ad].mean() - real[is_cn].mean())
+    growth = float((volumes[1] - volumes[0]).mean())
+    return {"scans": len(chosen), "growth_ml": growth, "real_ad_minus_cn_ml": real_difference,
+            "fraction_of_real_difference": growth / real_difference,
+            "max_voxel_change": float(np.abs(moved[1] - moved[0]).max())}
+
+
+def interpolation_quality(model, images, frame, held_out):
+    """SSIM of interpolated middle visits and of the autoencoder's reconstruction of them."""
+    result = impute_missing_visits(model, images[held_out],
+                                   frame.iloc[held_out].reset_index(drop=True), steps=20)
+    scores = result.scores[result.scores.reference == "scan"]
+    ldae = scores[scores.method == "LDAE"]
+    middle = images[held_out][ldae["scan_mid"].to_numpy()]
+    dataset = as_volume_dataset(middle, model.preprocessing_)
+    autoencoder = ssim(autoencoder_reconstruction(model, middle),
+                       np.stack([dataset[i] for i in range(len(dataset))]))
+    return {"triplets": len(ldae), "ldae_ssim": float(ldae["ssim"].mean()),
+            "autoencoder_ssim_of_middle_visit": float(autoencoder.mean())}
 
 
 def factor_r2(features, frame):
@@ -199,6 +250,10 @@ def summarise(runs):
             "PCA − LDAE age MAE": mae[PCA] - mae["LDAE"],
             "reconstruction − autoencoder SSIM": (run["reconstruction_ssim_20_steps"]
                                                   - run["autoencoder_ssim"]),
+            "manipulation growth / real AD − CN": run["manipulation"]["fraction_of_real_difference"],
+            "interpolation − autoencoder SSIM": (
+                run["interpolation"]["ldae_ssim"]
+                - run["interpolation"]["autoencoder_ssim_of_middle_visit"]),
             "fit seconds": sum(run["fit_seconds"].values()),
         }
     table = [figures(run) for run in runs]
@@ -217,7 +272,13 @@ def summarise(runs):
             row["LDAE − untrained ROC-AUC"] >= 0.05 and row["LDAE − PCA ROC-AUC"] >= 0
             and row["untrained − LDAE age MAE"] > 0 and row["PCA − LDAE age MAE"] > 0
             for row in table),
-        "4. reconstruction at 20 steps equals the autoencoder (within 0.01 SSIM)": all(
+        "4a. manipulation grows the ventricles by >= 25 % of the real AD − CN difference": all(
+            row["manipulation growth / real AD − CN"] >= TARGETS["manipulation_fraction"]
+            for row in table),
+        "4b. interpolation SSIM within 0.01 of the autoencoder's": all(
+            row["interpolation − autoencoder SSIM"] >= -TARGETS["interpolation_gap"]
+            for row in table),
+        "4c. reconstruction at 20 steps equals the autoencoder (within 0.01 SSIM)": all(
             abs(row["reconstruction − autoencoder SSIM"]) <= 0.01 for row in table),
     }
     return {"figures": summary, "targets_met_on_every_seed": met}
@@ -230,6 +291,11 @@ def render(result):
         rows.append({
             "seed": run["seed"], "AE SSIM (held out)": run["autoencoder_ssim"],
             "recon SSIM, 20 steps": run["reconstruction_ssim_20_steps"],
+            "interp. SSIM (AE)": "{:.3f} ({:.3f})".format(
+                run["interpolation"]["ldae_ssim"],
+                run["interpolation"]["autoencoder_ssim_of_middle_visit"]),
+            "ventricles +2 gaps, mL (real AD − CN)": "{:+.2f} ({:+.2f})".format(
+                run["manipulation"]["growth_ml"], run["manipulation"]["real_ad_minus_cn_ml"]),
             "shuffled/own (all)": run["steering_ratio"],
             "shuffled/own (held out)": run["steering_ratio_held_out"],
             **{f"AUC {name}": run["roc_auc"][name] for name in ("LDAE", UNTRAINED, PCA)},

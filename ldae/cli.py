@@ -74,10 +74,15 @@ def _parser():
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser(
-        "demo", help="synthetic cohort -> fit -> embed -> probe -> compare -> report")
-    demo.add_argument("--quick", action="store_true", help="a smaller run: fewer subjects and epochs")
+        "demo", help="synthetic cohort -> fit -> embed -> probe -> compare -> report",
+        description="Synthetic cohort of 60 subjects -> fit the small preset -> embed -> "
+                    "probe -> compare with baselines -> generative tools -> HTML report. "
+                    "About 10 minutes on 2 CPU cores (--quick: 20 subjects, about 2 minutes).")
+    demo.add_argument("--quick", action="store_true",
+                      help="a smoke run: 20 subjects, fewer epochs, about 2 minutes on 2 cores")
     demo.add_argument("--output", default="ldae-demo", help="report folder (default: ldae-demo)")
-    demo.add_argument("--subjects", type=int, default=None, help="number of synthetic subjects")
+    demo.add_argument("--subjects", type=int, default=None,
+                      help="number of synthetic subjects (default: 60, --quick 20; at least 20)")
     demo.add_argument("--random-state", type=int, default=0)
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(run=_demo)
@@ -89,7 +94,20 @@ def _parser():
     fit.add_argument("--preset", default="small", choices=["tiny", "small", "paper"])
     fit.add_argument("--checkpoint-dir", default=None,
                      help="stage checkpoints (default: <out>/checkpoints)")
-    fit.add_argument("--image-shape", type=int, nargs=3, default=None, metavar=("D", "H", "W"))
+    grid = fit.add_mutually_exclusive_group()
+    grid.add_argument("--image-shape", type=int, nargs=3, default=None, metavar=("D", "H", "W"),
+                      help="voxels of the model grid (default: the preset's, 32 40 32 for "
+                           "small, over 176 x 220 x 176 mm of MNI space)")
+    grid.add_argument("--voxel-size", type=float, default=None, metavar="MM",
+                      help="voxel size of the model grid; its shape follows from the preset's "
+                           "field of view (default: the preset's, 5.5 mm for small)")
+    fit.add_argument("--brain-mask", default=None,
+                     help="NIfTI mask on the model grid; voxels outside are set to 0")
+    fit.add_argument("--percentiles", type=float, nargs=2, default=(0.5, 99.5),
+                     metavar=("LOW", "HIGH"),
+                     help="intensities mapped to 0 and 1 (default: 0.5 99.5)")
+    fit.add_argument("--nan-policy", default="raise", choices=["raise", "zero"],
+                     help="NaN or infinite voxels: refuse the scan (default) or set them to 0")
     for name in ["embedding-dim", "ae-epochs", "diffusion-epochs", "representation-epochs",
                  "batch-size"]:
         fit.add_argument(f"--{name}", type=int, default=None, help="default: the preset's")
@@ -165,6 +183,9 @@ def _fit(args):
 
 
 def _encoder_params(args, out):
+    from .imaging import Preprocessing
+    from .presets import grid_for_voxel_size, resolve_config
+
     params = {
         "preset": args.preset,
         "checkpoint_dir": str(args.checkpoint_dir or out / "checkpoints"),
@@ -184,8 +205,15 @@ def _encoder_params(args, out):
         "diffusion_epochs": args.diffusion_epochs,
         "representation_epochs": args.representation_epochs,
         "batch_size": args.batch_size,
+        **({} if args.voxel_size is None else grid_for_voxel_size(args.preset, args.voxel_size)),
     }
-    return {**params, **{key: value for key, value in overrides.items() if value is not None}}
+    params = {**params, **{key: value for key, value in overrides.items() if value is not None}}
+    config = resolve_config(args.preset, image_shape=params.get("image_shape"),
+                            field_of_view=params.get("field_of_view"))
+    params["preprocessing"] = Preprocessing(
+        shape=config.image_shape, affine=config.grid_affine, percentiles=tuple(args.percentiles),
+        brain_mask=args.brain_mask, nan_policy=args.nan_policy)
+    return params
 
 
 # ----------------------------------------------------------------- embed
@@ -233,16 +261,18 @@ def _embed_into(out, model, model_file, frame, args):
                         f"(e.g. {lost['path'].iloc[0]}); run the command again to embed them")
     _write_table(table, out)
     skipped = table[table["error"].notna()]
+    outside = int(table["out_of_distribution"].eq(True).sum())
     write_atomically(
         _sidecar(out), lambda temporary: temporary.write_text(json.dumps({
             "model": str(model_file.absolute()), "model_sha256": parts.model_digest,
             "manifest": str(Path(args.manifest).absolute()), "n_scans": len(table),
-            "n_skipped": len(skipped), "n_embedded_now": len(todo), "seconds": seconds,
+            "n_skipped": len(skipped), "n_out_of_distribution": outside,
+            "n_embedded_now": len(todo), "seconds": seconds,
             "scans_per_second": len(todo) / seconds if seconds > 0 else None,
         }, indent=2)))
     parts.remove()
     _report(f"embedded {len(todo)} scans in {seconds:.1f} s ({len(frame) - len(todo)} done "
-            f"before, {len(skipped)} skipped); wrote {out}", args)
+            f"before, {len(skipped)} skipped, {outside} out of distribution); wrote {out}", args)
 
 
 def _embed_chunk(model, paths):
@@ -260,6 +290,9 @@ def _embed_chunk(model, paths):
     table.insert(0, "path", list(paths))
     unusable = np.isnan(embeddings).any(axis=1)
     table.insert(1, "error", None)
+    distribution = model.training_distribution_
+    table.insert(2, "out_of_distribution",
+                 False if distribution is None else distribution.outside(embeddings))
     for row in np.flatnonzero(unusable):
         # Rare: reading the scan again, alone, says what is wrong with it.
         try:

@@ -15,11 +15,12 @@ from torch.utils.data import DataLoader, Subset, TensorDataset
 from .autoencoder.network import build_autoencoder
 from .diffusion.schedule import NoiseSchedule
 from .diffusion.unet import build_latent_unet, check_latent_shape
-from .exceptions import CheckpointError, InputError
+from .exceptions import CheckpointError, InputError, OutOfDistributionWarning
 from .generation import GenerativeMixin
-from .imaging import Preprocessing, as_volume_dataset
+from .imaging import Preprocessing, as_volume_dataset, model_preprocessing
 from .imaging.inputs import SKIPPED_COLUMNS
 from .presets import ModelConfig, resolve_config
+from .representation.distribution import TrainingDistribution
 from .representation.gradient_estimator import GradientEstimator
 from .representation.semantic_encoder import (LatentSemanticEncoder, SliceSemanticEncoder,
                                               calibrate_code_statistics)
@@ -61,7 +62,12 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
         Architecture and training budget. "tiny" is for tests, "small" trains on a
         CPU in minutes, "paper" is the published architecture (for GPUs).
     image_shape : tuple of 3 int, optional
-        Grid (D, H, W) every scan is cropped/padded/resampled to.
+        Shape (D, H, W) of the model grid every scan is resampled into.
+    field_of_view : tuple of 3 float, optional
+        Extent (mm) of the model grid along x, y and z, centred on the MNI brain
+        (:func:`ldae.imaging.grid.grid_affine`); the voxel size is
+        ``field_of_view / image_shape``. Every preset spans 176 x 220 x 176 mm:
+        5.5 mm voxels for "tiny" and "small", 1.375 mm for "paper".
     embedding_dim : int, optional
         Size of the semantic embedding.
     semantic_encoder : {"latent", "slice"}, optional
@@ -101,9 +107,11 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
     adversarial_weight : float, optional
         Weight of the LSGAN PatchGAN term of stage 1 (0 disables it).
     preprocessing : ldae.imaging.Preprocessing, optional
-        How files and arrays become volumes (orientation, resampling, intensity
-        scaling, mask). Default: reorientation to RAS, crop/pad to ``image_shape``,
-        percentile scaling to [0, 1].
+        How files and arrays become volumes (resampling, intensity scaling, mask).
+        Default: every scan resampled from its own affine into the model grid
+        (``image_shape`` voxels over ``field_of_view``, MNI-aligned; anti-aliased
+        when the scan has finer voxels), percentile scaling to [0, 1]. Arrays
+        without an affine are taken to lie on the model grid.
     validation_fraction : float, default=0.2
         Fraction of subjects held out to report a validation loss per epoch; only
         used when ``groups`` are passed to ``fit``. Held-out scans are not trained on.
@@ -138,7 +146,8 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
         The resolved settings.
     preprocessing_ : Preprocessing
     affine_ : ndarray of shape (4, 4)
-        Affine of the model grid; outputs saved as NIfTI use it.
+        World (MNI mm) affine of the model grid; every output image carries it, so
+        reconstructions and generated scans overlay on the inputs in any viewer.
     scale_factor_ : float
         1 / std of the training latents (z0 = scale_factor_ * latent).
     autoencoder_, unet_, semantic_encoder_, estimator_ : torch.nn.Module
@@ -149,6 +158,10 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
         Wall time of each stage.
     n_scans_ : int
         Number of scans trained on.
+    training_distribution_ : ldae.representation.TrainingDistribution or None
+        Robust summary of the training scans' embeddings: :meth:`transform` warns
+        (:class:`~ldae.exceptions.OutOfDistributionWarning`) about scans whose
+        embedding lies far from them (None for model files written before it).
     skipped_scans_ : pandas.DataFrame
         Scans of X left out of ``fit`` with ``on_error="skip"``: ``position`` in
         X, ``scan`` (its name) and ``error``. Empty when none was.
@@ -166,6 +179,7 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
         *,
         preset="small",
         image_shape=None,
+        field_of_view=None,
         embedding_dim=None,
         semantic_encoder=None,
         code_decorrelation=None,
@@ -198,6 +212,7 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
     ):
         self.preset = preset
         self.image_shape = image_shape
+        self.field_of_view = field_of_view
         self.embedding_dim = embedding_dim
         self.semantic_encoder = semantic_encoder
         self.code_decorrelation = code_decorrelation
@@ -260,7 +275,8 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
         """
         config = self._resolve_config()
         self._check_runtime_params()
-        preprocessing = self._resolve_preprocessing(config)
+        preprocessing = model_preprocessing(self.preprocessing, config.image_shape,
+                                            config.grid_affine)
         dataset, groups = self._usable_scans(X, groups, preprocessing)
         device = resolve_device(self.device)
         parallel = distributed.start(device)  # a torchrun launch: data-parallel training
@@ -277,6 +293,8 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
         self.skipped_scans_ = dataset.skipped_
         with torch.random.fork_rng(devices=[]):
             self._fit_stages(dataset, train_index, val_index, device, dtype, seed, checkpoints)
+        self.training_distribution_ = TrainingDistribution.of(torch.cat(list(
+            self._batches(Subset(dataset, train_index), self._embed_batch))).numpy())
         self.n_scans_ = len(train_index)
         self._n_features_out = config.embedding_dim
         distributed.stop(parallel)
@@ -403,7 +421,25 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
             With ``on_error="skip"``, a row of NaN for each unusable scan.
         """
         check_is_fitted(self)
-        return self._embed_dataset(self._dataset(X))
+        dataset = self._dataset(X)
+        embeddings = self._embed_dataset(dataset)
+        self._warn_out_of_distribution(embeddings, dataset)
+        return embeddings
+
+    def _warn_out_of_distribution(self, embeddings, dataset):
+        distribution = self.training_distribution_
+        outside = [] if distribution is None else np.flatnonzero(distribution.outside(embeddings))
+        if len(outside) == 0:
+            return
+        name_of_row = dict(zip(dataset.positions, dataset.names))
+        named = ", ".join(name_of_row[row] for row in outside[:5])
+        more = f" and {len(outside) - 5} more" if len(outside) > 5 else ""
+        warnings.warn(
+            f"{len(outside)} of {len(embeddings)} scans have embeddings far outside those of the "
+            f"scans the model was fitted on (robust distance > {distribution.threshold:.2f}; see "
+            f"ldae.representation.TrainingDistribution): {named}{more}. Check their "
+            "registration, contrast and preprocessing before trusting their embeddings",
+            OutOfDistributionWarning, stacklevel=3)
 
     def encode_latent(self, X):
         """Stage-1 latent z0 of each scan: the autoencoder's posterior mean, scaled.
@@ -525,6 +561,9 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
         except (TypeError, KeyError, ValueError, InputError) as error:
             raise CheckpointError(f"{path} holds settings this ldae cannot use "
                                   f"({type(error).__name__}: {error})") from None
+        distribution = fitted.pop("training_distribution_", None)  # absent from older files
+        model.training_distribution_ = (None if distribution is None
+                                        else TrainingDistribution.from_dict(distribution))
         model.skipped_scans_ = pd.DataFrame(fitted.pop("skipped_scans_", {}),
                                             columns=SKIPPED_COLUMNS)
         model.__dict__.update(fitted)
@@ -555,6 +594,8 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
             "history_": self.history_,
             "fit_seconds_": self.fit_seconds_,
             "n_scans_": self.n_scans_,
+            "training_distribution_": (None if self.training_distribution_ is None
+                                       else self.training_distribution_.to_dict()),
             "skipped_scans_": self.skipped_scans_.to_dict("list"),
             "_n_features_out": self._n_features_out,
         }
@@ -599,6 +640,7 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
         return resolve_config(
             self.preset,
             image_shape=self.image_shape,
+            field_of_view=self.field_of_view,
             embedding_dim=self.embedding_dim,
             semantic_encoder=self.semantic_encoder,
             code_decorrelation=self.code_decorrelation,
@@ -626,17 +668,6 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
         if int(self.num_workers) != self.num_workers or self.num_workers < 0:
             raise InputError(f"num_workers={self.num_workers} must be a non-negative integer")
 
-    def _resolve_preprocessing(self, config):
-        if self.preprocessing is None:
-            return Preprocessing(shape=config.image_shape)
-        if not isinstance(self.preprocessing, Preprocessing):
-            raise InputError(
-                f"preprocessing must be an ldae.imaging.Preprocessing, got {type(self.preprocessing).__name__}")
-        if self.preprocessing.shape is None or tuple(self.preprocessing.shape) != tuple(config.image_shape):
-            raise InputError(
-                f"preprocessing.shape={self.preprocessing.shape} differs from the "
-                f"model's image_shape={config.image_shape}")
-        return self.preprocessing
 
     def _split(self, n_scans, groups, seed):
         """Indices of the training and validation scans (validation: whole subjects)."""

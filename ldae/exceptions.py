@@ -26,3 +26,11 @@ class SkippedScanWarning(UserWarning):
 
     The message names the scan and says what is wrong with it.
     """
+
+
+class OutOfDistributionWarning(UserWarning):
+    """Embeddings lie far from those of the scans the model was fitted on.
+
+    The message counts and names the scans; see
+    :class:`ldae.representation.TrainingDistribution` for the criterion.
+    """

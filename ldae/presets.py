@@ -3,12 +3,17 @@
 A preset fixes every architectural and training choice of the three stages; any
 LDAEEncoder parameter left at ``None`` takes the preset's value.
 
-- ``"tiny"``: 32x40x32 volumes, a few epochs. For tests: fits in seconds on a CPU.
-- ``"small"``: 32x40x32 volumes, networks and epochs sized so that a cohort of a few
+Every preset models a physical grid: ``image_shape`` voxels spanning ``field_of_view``
+mm (176 x 220 x 176, the MNI152 brain with a margin) centred on the MNI brain; scans are
+resampled into it (:func:`ldae.imaging.grid.grid_affine`, :class:`ldae.imaging.Preprocessing`).
+
+- ``"tiny"``: 32x40x32 voxels of 5.5 mm, a few epochs. For tests: fits in seconds on a CPU.
+- ``"small"``: 32x40x32 voxels of 5.5 mm, networks and epochs sized so that a cohort of a few
   hundred scans trains in minutes on two CPU cores; an 8-channel latent (with 3, a
   linear probe on the latent itself reaches ROC-AUC 0.65 instead of 0.85 for AD vs CN in
   ``benchmarks/bench_probes.py``). The default; what the demo uses.
-- ``"paper"``: the architecture of Lozupone et al. (2025) at 128x160x128: AutoencoderKL
+- ``"paper"``: the architecture of Lozupone et al. (2025) at 128x160x128 voxels of
+  1.375 mm: AutoencoderKL
   (64, 128, 128, 128) with f = 8, latent UNet (256, 512, 768) with attention, and the
   2.5D slice encoder with a 768-d embedding, the paper's plain PDAE loss (no code
   decorrelation, no encoder warm-up), a plain AutoencoderKL and constant learning
@@ -28,6 +33,7 @@ from math import inf
 from numbers import Real
 
 from .exceptions import InputError
+from .imaging.grid import MNI_FIELD_OF_VIEW_MM, grid_affine
 from .training.learning_rate import LR_SCHEDULES
 
 
@@ -36,6 +42,7 @@ class ModelConfig:
     """Every setting of the three stages, resolved from a preset and overrides."""
 
     image_shape: tuple = (32, 40, 32)
+    field_of_view: tuple = MNI_FIELD_OF_VIEW_MM
     # stage 1: AutoencoderKL
     ae_channels: tuple = (8, 16, 32)
     ae_res_blocks: int = 1
@@ -69,6 +76,16 @@ class ModelConfig:
     ema_decay: float = 0.999
     # inference
     ddim_steps: int = 10
+
+    @property
+    def grid_affine(self):
+        """World (MNI mm) affine of the model grid: ``image_shape`` voxels over ``field_of_view``."""
+        return grid_affine(self.image_shape, self.field_of_view)
+
+    @property
+    def voxel_size(self):
+        """Voxel size (mm) of the model grid along x, y and z."""
+        return tuple(f / n for f, n in zip(self.field_of_view, self.image_shape))
 
     @property
     def latent_shape(self):
@@ -158,6 +175,35 @@ def resolve_config(preset, **overrides):
     return config
 
 
+def grid_for_voxel_size(preset, voxel_size):
+    """The model grid of ``preset`` at another voxel size, over the same field of view.
+
+    Parameters
+    ----------
+    preset : str
+        One of ``PRESETS``.
+    voxel_size : float
+        Voxel size in mm.
+
+    Returns
+    -------
+    dict
+        ``image_shape`` (the preset's field of view over ``voxel_size``, rounded to the
+        autoencoder's downsampling factor) and ``field_of_view`` (that shape times
+        ``voxel_size``): parameters of :class:`ldae.LDAEEncoder`.
+    """
+    if preset not in PRESETS:
+        raise InputError(f"preset={preset!r} is not one of {sorted(PRESETS)}")
+    if not (isinstance(voxel_size, Real) and 0 < voxel_size < inf):
+        raise InputError(f"voxel_size={voxel_size!r} must be a positive number of mm")
+    config = PRESETS[preset]
+    factor = 2 ** (len(config.ae_channels) - 1)
+    shape = tuple(max(factor, factor * round(extent / voxel_size / factor))
+                  for extent in config.field_of_view)
+    return {"image_shape": shape,
+            "field_of_view": tuple(float(n * voxel_size) for n in shape)}
+
+
 def _validate(config):
     if len(config.image_shape) != 3 or min(config.image_shape) < 1:
         raise InputError(f"image_shape={config.image_shape} must be three positive sizes (D, H, W)")
@@ -167,6 +213,9 @@ def _validate(config):
             f"image_shape={config.image_shape} must divide by {factor}, the autoencoder's "
             f"downsampling factor for ae_channels={config.ae_channels}"
         )
+    if not (len(config.field_of_view) == 3 and all(
+            isinstance(v, Real) and 0 < v < inf for v in config.field_of_view)):
+        raise InputError(f"field_of_view={config.field_of_view} must be three positive sizes in mm")
     if config.lr_schedule not in LR_SCHEDULES:
         raise InputError(f"lr_schedule={config.lr_schedule!r} is not one of {LR_SCHEDULES}")
     if config.semantic_encoder not in SEMANTIC_ENCODERS:

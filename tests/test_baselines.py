@@ -11,6 +11,7 @@ from sklearn.pipeline import make_pipeline
 from ldae.baselines import SupervisedEncoder, VoxelDAEEncoder, build_conditional_unet
 from ldae.datasets import make_synthetic_cohort
 from ldae.exceptions import InputError
+from ldae.imaging.grid import grid_affine
 
 SHAPE = (16, 24, 16)
 FAST = dict(preset="tiny", image_shape=SHAPE, epochs=1)
@@ -18,7 +19,9 @@ FAST = dict(preset="tiny", image_shape=SHAPE, epochs=1)
 
 @pytest.fixture(scope="module")
 def scans():
-    return make_synthetic_cohort(3, shape=(32, 40, 32), random_state=0).images[:6]
+    # images on a 5.5 mm grid: each model resamples them into its own grid
+    cohort = make_synthetic_cohort(3, shape=(32, 40, 32), random_state=0)
+    return [nib.Nifti1Image(volume, cohort.affine) for volume in cohort.images[:6]]
 
 
 @pytest.fixture(scope="module")
@@ -51,11 +54,12 @@ def test_same_random_state_gives_same_embeddings_on_cpu(voxel_dae, scans):
 def test_reconstruct_and_stochastic_code_have_the_model_shapes(voxel_dae, scans):
     codes = voxel_dae.encode_stochastic(scans[:2], steps=3)
     assert codes.shape == (2, 1, *SHAPE)
-    volumes = voxel_dae.reconstruct(scans[:2], steps=3)
+    images = voxel_dae.reconstruct(scans[:2], steps=3)
+    volumes = np.stack([image.get_fdata() for image in images])
     assert volumes.shape == (2, *SHAPE)
     assert volumes.min() >= 0 and volumes.max() <= 1
-    images = voxel_dae.reconstruct([nib.Nifti1Image(scans[0], np.eye(4))], steps=2)
-    assert isinstance(images[0], nib.Nifti1Image) and images[0].shape == SHAPE
+    # outputs lie on the model grid in world space, where the inputs were resampled
+    np.testing.assert_allclose(images[0].affine, grid_affine(SHAPE))
     with pytest.raises(InputError, match="steps"):
         voxel_dae.reconstruct(scans[:1], steps=0)
 

@@ -64,8 +64,10 @@ def test_embed_writes_one_row_per_scan_equal_to_transform(cohort, model_dir, tmp
     table = pd.read_csv(out)
     model = LDAEEncoder.load(model_dir / "model.pt")
     features = list(model.get_feature_names_out())
-    assert list(table.columns) == ["subject", "session", "months", "path", "error", *features]
+    assert list(table.columns) == ["subject", "session", "months", "path", "error",
+                                   "out_of_distribution", *features]
     assert table["error"].isna().all()
+    assert not table["out_of_distribution"].any()  # the scans the model was fitted on
     expected = model.transform(list(table["path"]))
     # chunks of 4 against one batch: float32 convolutions differ in the last bits
     np.testing.assert_allclose(table[features].to_numpy(), expected, rtol=1e-4, atol=1e-5)
@@ -259,7 +261,8 @@ def test_embed_redoes_rows_left_without_embedding_or_error(cohort, model_dir, tm
 
     def loses_first_row(model, paths):
         table = original(model, paths)
-        table.iloc[0, 2:] = np.nan  # an embedding lost, with no error to say why
+        features = [column for column in table if column.startswith("ldaeencoder")]
+        table.loc[table.index[0], features] = np.nan  # an embedding lost, with no error to say why
         return table
 
     monkeypatch.setattr(cli, "_embed_chunk", loses_first_row)
@@ -276,14 +279,15 @@ def test_embed_redoes_rows_left_without_embedding_or_error(cohort, model_dir, tm
 
 
 def test_embed_checks_every_scan_against_the_models_grid(cohort, model_dir, tmp_path):
-    # 2 scans on the model's grid and 3 at another voxel size, in one chunk or one per chunk
+    # 2 scans in MNI space and 3 not registered (voxel (0, 0, 0) at the world origin),
+    # in one chunk or one per chunk
     manifest = pd.read_csv(cohort, sep="\t").iloc[:5]
     paths = manifest_paths(cohort).iloc[:5].tolist()
     for k in (2, 3, 4):
         image = nib.load(paths[k])
-        finer = tmp_path / f"finer{k}.nii.gz"
-        nib.save(nib.Nifti1Image(np.asarray(image.dataobj), np.diag([1.0, 1.0, 1.0, 1.0])), finer)
-        paths[k] = str(finer)
+        unregistered = tmp_path / f"unregistered{k}.nii.gz"
+        nib.save(nib.Nifti1Image(np.asarray(image.dataobj), np.eye(4)), unregistered)
+        paths[k] = str(unregistered)
     manifest["path"] = paths
     manifest.to_csv(tmp_path / "mixed.csv", index=False)
     for chunk in ("256", "1"):
@@ -296,4 +300,4 @@ def test_embed_checks_every_scan_against_the_models_grid(cohort, model_dir, tmp_
         table = pd.read_csv(out).set_index("path")
         errors = table["error"]
         assert errors[paths[:2]].isna().all()  # the right scans are embedded
-        assert errors[paths[2:]].str.contains(r"voxel size \(1, 1, 1\) mm, but the model's grid").all()
+        assert errors[paths[2:]].str.contains("covers 0% of the model grid").all()

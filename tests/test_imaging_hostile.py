@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from ldae import LDAEEncoder
 from ldae.exceptions import InputError, SkippedScanWarning
 from ldae.imaging import Preprocessing, as_volume_dataset
+from ldae.imaging.grid import grid_affine
 
 SHAPE = (12, 14, 10)
 # Byte offsets of NIfTI-1 header fields.
@@ -332,7 +333,8 @@ def test_encoder_with_skip_fits_around_a_broken_scan_and_gives_it_a_nan_row(tmp_
     paths = []
     for number in range(6):
         path = tmp_path / f"scan{number}.nii.gz"
-        path.write_bytes(gzip.compress(nifti_bytes(rng.gamma(2.0, 50.0, (32, 40, 32)).astype(np.float32))))
+        data = rng.gamma(2.0, 50.0, (32, 40, 32)).astype(np.float32)
+        path.write_bytes(gzip.compress(nifti_bytes(data, grid_affine((32, 40, 32)))))
         paths.append(str(path))
     broken = tmp_path / "broken.nii.gz"
     broken.write_bytes(Path(paths[0]).read_bytes()[:-5000])  # data cut short: found when read

@@ -289,7 +289,7 @@ def test_writing_twice_in_parallel_replaces_files(tmp_path):
         ({"shape": (32, 40)}, "shape"),
         ({"shape": (32, 40, -1)}, "shape"),
         ({"shape": (4, 4, 4)}, "shape"),
-        ({"fov": (100.0, 0.0, 100.0)}, "fov"),
+        ({"field_of_view": (100.0, 0.0, 100.0)}, "field_of_view"),
         ({"age_range": (80, 60)}, "age_range"),
         ({"diagnosis_proportions": (0.5, 0.5, 0.5)}, "diagnosis_proportions"),
         ({"diagnosis_proportions": (1.0, 0.0)}, "diagnosis_proportions"),

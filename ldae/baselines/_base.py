@@ -10,7 +10,8 @@ from sklearn.utils.validation import check_is_fitted
 from torch.utils.data import DataLoader
 
 from ..exceptions import InputError
-from ..imaging import Preprocessing, as_volume_dataset
+from ..imaging import as_volume_dataset, model_preprocessing
+from ..imaging.grid import MNI_FIELD_OF_VIEW_MM, grid_affine
 from ..presets import PRESETS
 from ..training.device import autocast, resolve_device, resolve_precision
 from ..training.stages import as_volume_batch
@@ -26,6 +27,7 @@ class BaselineConfig:
     """
 
     image_shape: tuple = (32, 40, 32)
+    field_of_view: tuple = MNI_FIELD_OF_VIEW_MM
     encoder_channels: tuple = (32, 64)
     embedding_dim: int = 32
     unet_channels: tuple = (8, 16, 32)
@@ -38,6 +40,11 @@ class BaselineConfig:
     ema_decay: float = 0.999
     ddim_steps: int = 10
 
+    @property
+    def grid_affine(self):
+        """World (MNI mm) affine of the model grid, as LDAE's (:class:`ldae.presets.ModelConfig`)."""
+        return grid_affine(self.image_shape, self.field_of_view)
+
     def to_dict(self):
         """Plain-Python dictionary of the settings (lists for tuples)."""
         return {key: list(value) if isinstance(value, tuple) else value
@@ -47,7 +54,8 @@ class BaselineConfig:
 def _from_ldae_preset(name, **baseline_settings):
     """A baseline preset sharing grid, encoder, embedding, batch and DDIM steps with LDAE's."""
     ldae = PRESETS[name]
-    shared = dict(image_shape=ldae.image_shape, encoder_channels=ldae.encoder_channels,
+    shared = dict(image_shape=ldae.image_shape, field_of_view=ldae.field_of_view,
+                  encoder_channels=ldae.encoder_channels,
                   embedding_dim=ldae.embedding_dim, batch_size=ldae.batch_size,
                   ema_decay=ldae.ema_decay, ddim_steps=ldae.ddim_steps)
     return BaselineConfig(**shared, **baseline_settings)
@@ -103,23 +111,14 @@ class VolumeEncoderBase(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
     def _resolve_config(self):
         return resolve_baseline_config(self.preset, **self._config_overrides())
 
-    def _resolve_preprocessing(self, config):
-        if self.preprocessing is None:
-            return Preprocessing(shape=config.image_shape)
-        if not isinstance(self.preprocessing, Preprocessing):
-            raise InputError("preprocessing must be an ldae.imaging.Preprocessing, "
-                             f"got {type(self.preprocessing).__name__}")
-        if self.preprocessing.shape is None or tuple(self.preprocessing.shape) != config.image_shape:
-            raise InputError(f"preprocessing.shape={self.preprocessing.shape} differs from the "
-                             f"model's image_shape={config.image_shape}")
-        return self.preprocessing
 
     def _start_fit(self, X):
         """Resolve the settings and read X: (dataset, device, autocast dtype, seed)."""
         config = self._resolve_config()
         if int(self.num_workers) != self.num_workers or self.num_workers < 0:
             raise InputError(f"num_workers={self.num_workers} must be a non-negative integer")
-        preprocessing = self._resolve_preprocessing(config)
+        preprocessing = model_preprocessing(self.preprocessing, config.image_shape,
+                                            config.grid_affine)
         dataset = as_volume_dataset(X, preprocessing, cache_dir=self.cache_dir)
         device = resolve_device(self.device)
         dtype = resolve_precision(self.precision, device, training=True)

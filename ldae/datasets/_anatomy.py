@@ -15,7 +15,8 @@ import torch
 
 from ._atrophy import atrophy_displacement, thin
 from ._fields import control_grid_affine, sample_grid, smooth_random_field
-from ._template import BRAIN_CENTRE_MM, GREY_CHANNELS, HIPPOCAMPI, VENTRICLES
+from ..imaging.grid import MNI_BRAIN_CENTRE_MM
+from ._template import GREY_CHANNELS, HIPPOCAMPI, VENTRICLES
 
 HEAD_SCALE_BY_SEX = {"F": 0.98, "M": 1.02}
 DEFORMATION_SPACING_MM = 8.0
@@ -79,7 +80,7 @@ def scan_tissues(template, anatomy, amounts):
         Tissue probabilities, float32.
     """
     points = template.world[None]
-    centre = torch.tensor(BRAIN_CENTRE_MM, dtype=torch.float32).view(1, 3, 1, 1, 1)
+    centre = torch.tensor(MNI_BRAIN_CENTRE_MM, dtype=torch.float32).view(1, 3, 1, 1, 1)
     displacement = sample_grid(anatomy.displacement[None], points,
                                control_grid_affine(DEFORMATION_SPACING_MM))
     subject_points = centre + (points - centre) / anatomy.head_scale + displacement

@@ -17,8 +17,7 @@ from nilearn import datasets, image
 from scipy import ndimage
 from scipy.special import expit
 
-BRAIN_CENTRE_MM = (0.0, -17.0, 5.0)
-"""Centre of the template brain's bounding box, (x, y, z) in MNI mm."""
+from ..imaging.grid import grid_affine
 
 VENTRICLE_REGION_MM = ((-25.0, 25.0), (-45.0, 30.0), (-5.0, 35.0))
 """(x, y, z) limits of the central region whose CSF counts as ventricles."""
@@ -71,28 +70,6 @@ class TemplateGrid:
     def voxel_volume_ml(self):
         """Volume of one voxel in millilitres."""
         return abs(np.linalg.det(self.affine[:3, :3])) / 1000.0
-
-
-def grid_affine(shape, fov):
-    """Affine of a grid of ``shape`` voxels spanning ``fov`` mm around the template brain.
-
-    Parameters
-    ----------
-    shape : tuple of 3 int
-        Number of voxels along x, y and z.
-    fov : tuple of 3 float
-        Field of view in mm along x, y and z; the voxel size is ``fov / shape``.
-
-    Returns
-    -------
-    ndarray of shape (4, 4)
-        RAS voxel-to-world affine, world in MNI mm, centred on the brain.
-    """
-    voxel_size = np.asarray(fov, dtype=float) / np.asarray(shape, dtype=float)
-    first_centre = np.asarray(BRAIN_CENTRE_MM) - np.asarray(fov) / 2.0 + voxel_size / 2.0
-    affine = np.diag([*voxel_size, 1.0])
-    affine[:3, 3] = first_centre
-    return affine
 
 
 @functools.lru_cache(maxsize=1)

@@ -11,6 +11,7 @@ from joblib import Parallel, delayed
 from sklearn.utils import Bunch
 
 from ..exceptions import InputError
+from ..imaging.grid import MNI_FIELD_OF_VIEW_MM
 from ._anatomy import sample_subject_anatomy, scan_tissues, tissue_volumes
 from ._atrophy import atrophy_amounts, atrophy_flows
 from ._bids import write_cohort
@@ -23,7 +24,7 @@ Synthetic longitudinal T1-weighted brain MRI cohort (ldae)
 ==========================================================
 
 Skull-stripped, MNI-aligned T1w volumes built from the MNI ICBM152 2009 template that
-nilearn ships, on a grid of {shape} voxels spanning {fov} mm (voxel size {voxel} mm).
+nilearn ships, on a grid of {shape} voxels spanning {field_of_view} mm (voxel size {voxel} mm).
 
 Subjects ({n_subjects}) have a baseline age uniform in {age_range} years, a sex, a site
 out of {n_sites} and a diagnosis CN / MCI / AD whose odds of AD rise with age. A disease
@@ -49,7 +50,7 @@ def make_synthetic_cohort(
     n_subjects=100,
     *,
     shape=(64, 80, 64),
-    fov=(176.0, 220.0, 176.0),
+    field_of_view=MNI_FIELD_OF_VIEW_MM,
     age_range=(55.0, 90.0),
     diagnosis_proportions=(0.4, 0.35, 0.25),
     visit_months=(0, 6, 12, 24, 36, 48),
@@ -81,9 +82,11 @@ def make_synthetic_cohort(
     shape : tuple of 3 int, default=(64, 80, 64)
         Grid size along x (left to right), y (posterior to anterior) and z (inferior to
         superior); ``images`` has shape ``(n_scans, *shape)``.
-    fov : tuple of 3 float, default=(176.0, 220.0, 176.0)
+    field_of_view : tuple of 3 float, default=(176.0, 220.0, 176.0)
         Field of view in mm, centred on the template brain; the voxel size is
-        ``fov / shape`` (2.75 mm isotropic by default).
+        ``field_of_view / shape`` (2.75 mm isotropic by default). With the default
+        and a preset's ``image_shape``, the images lie exactly on that preset's
+        model grid (:func:`ldae.imaging.grid.grid_affine`).
     age_range : tuple of 2 float, default=(55.0, 90.0)
         Baseline ages are uniform in this range (years).
     diagnosis_proportions : tuple of 3 float, default=(0.4, 0.35, 0.25)
@@ -169,7 +172,7 @@ default=None
     (32, 40, 32)
     """
     shape = _positive_triple(shape, "shape", integer=True)
-    fov = _positive_triple(fov, "fov", integer=False)
+    field_of_view = _positive_triple(field_of_view, "field_of_view", integer=False)
     _check_arguments(n_subjects, age_range, diagnosis_proportions, visit_months, dropout,
                      conversion_rate, n_sites, head_size_sd, deformation_mm, atrophy_strength,
                      noise, bias_field)
@@ -186,7 +189,7 @@ default=None
     images = np.empty((len(scans), *shape), dtype=np.float32)
     rows_of = scans.groupby("subject", sort=False).indices
     with _torch_threads(1):
-        template = template_on_grid(shape, fov)
+        template = template_on_grid(shape, field_of_view)
         atrophy_flows()  # computed once here rather than by racing workers
         volumes = Parallel(n_jobs=n_jobs, require="sharedmem")(
             delayed(_render_subject)(
@@ -205,7 +208,8 @@ default=None
     if folder is not None:
         frame["path"] = write_cohort(folder, images, frame, template.affine, n_jobs=n_jobs)
     descr = DESCR.format(
-        shape=shape, fov=fov, voxel=tuple(round(f / s, 3) for f, s in zip(fov, shape)),
+        shape=shape, field_of_view=field_of_view,
+        voxel=tuple(round(f / s, 3) for f, s in zip(field_of_view, shape)),
         n_subjects=n_subjects, age_range=tuple(age_range), n_sites=n_sites,
         visit_months=tuple(visit_months), dropout=dropout, n_scans=len(frame),
     )

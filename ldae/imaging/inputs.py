@@ -265,8 +265,9 @@ def as_volume_dataset(X, preprocessing=None, *, affine=None, cache_dir=None, on_
     preprocessing : Preprocessing or None, default=None
         The settings; None uses ``Preprocessing()``.
     affine : array-like of shape (4, 4) or None, default=None
-        Grid of array input. None: voxel size ``preprocessing.voxel_size``
-        (1 mm if unset), origin at voxel (0, 0, 0). Images carry their own
+        Grid of array input. None: the model grid ``preprocessing.affine``
+        when set (the arrays must then have its shape), else voxel size
+        ``preprocessing.voxel_size`` (1 mm if unset), origin at voxel (0, 0, 0). Images carry their own
         affine, so it is refused for them.
     cache_dir : str, path-like or None, default=None
         Folder caching the preprocessed volumes of files (not of in-memory
@@ -309,14 +310,18 @@ def as_volume_dataset(X, preprocessing=None, *, affine=None, cache_dir=None, on_
         raise InputError(f"on_error={on_error!r}: expected one of {ON_ERROR}")
     index = X.index if isinstance(X, pd.Series) else None
     items = _items(X, preprocessing)
+    array_shape = None
     if any(isinstance(item, np.ndarray) for item in items):
+        if affine is None and preprocessing.affine is not None:
+            array_shape = preprocessing.shape
         affine = _array_affine(affine, preprocessing)
     elif affine is not None:
         raise InputError("affine: only array input takes one; images carry their own")
     skipping = _Skipping(on_error)
     # Every item's type first (cheap), then every header (one file read each).
     scans = skipping.keep(
-        [(i,) for i in range(len(items))], lambda i: _source(items[i], i, affine), _item_name(items)
+        [(i,) for i in range(len(items))], lambda i: _source(items[i], i, affine, array_shape),
+        _item_name(items)
     )
     scans = skipping.keep(scans, lambda i, source, name: (_plan(source, name, preprocessing),))
     scans = _on_one_grid(scans, skipping, reference)
@@ -478,8 +483,11 @@ def _volumes_of_one_image(X, preprocessing):
     return split_volumes(image, name)
 
 
-def _source(item, position, affine):
-    """What the dataset keeps of one item, and the item's name in errors."""
+def _source(item, position, affine, array_shape=None):
+    """What the dataset keeps of one item, and the item's name in errors.
+
+    ``array_shape``: the shape an array must have (it is taken to lie on the model grid).
+    """
     name = f"X[{position}]"
     if isinstance(item, (str, os.PathLike)):
         path = os.path.abspath(os.fspath(item))
@@ -490,6 +498,11 @@ def _source(item, position, affine):
         volume = item[0] if item.ndim == 4 and len(item) == 1 else item
         if volume.ndim != 3:
             raise InputError(f"{name}: array of shape {item.shape}; expected (D, H, W)")
+        if array_shape is not None and volume.shape != tuple(array_shape):
+            raise InputError(
+                f"{name}: array of shape {volume.shape}, but arrays without an affine are taken "
+                f"to lie on the model grid of shape {tuple(array_shape)}; pass affine= (its "
+                "voxel-to-world matrix) to have it resampled, or give it as a NIfTI image")
         # The generic image class: NIfTI's would refuse some dtypes (float16, int64).
         return SpatialImage(volume, affine), name
     description = (
@@ -520,6 +533,8 @@ def _image(source):
 def _array_affine(affine, preprocessing):
     if affine is not None:
         return check_affine(affine, "affine")
+    if preprocessing.affine is not None:
+        return np.array(preprocessing.affine)
     return np.diag([*(preprocessing.voxel_size or (1.0, 1.0, 1.0)), 1.0])
 
 

@@ -1,8 +1,10 @@
 """Preprocessing settings, and their application to one image.
 
-The pipeline, in order: reorientation to RAS, optional resampling to a voxel
-size, centre crop/pad to a target shape, robust intensity scaling to [0, 1]
-between two percentiles (clipped), optional brain mask. The settings live in a
+The pipeline, in order: resampling into a model grid fixed in world space
+(``shape`` and ``affine``: what a model uses) — or, without ``affine``,
+reorientation to RAS, optional resampling to a voxel size and centre crop/pad to
+a target shape —, robust intensity scaling to [0, 1] between two percentiles
+(clipped), optional brain mask. The settings live in a
 small frozen object that can be saved with a model, compared, and turned into
 a cache key.
 """
@@ -19,12 +21,12 @@ import numpy as np
 from nibabel.spatialimages import SpatialImage
 
 from ..exceptions import InputError
-from .grid import format_sizes, plan_grid
+from .grid import format_sizes, plan_grid, plan_world_grid
 from .nifti import check_affine, open_image, read_volume, spatial_shape
 
 # Bump when a change of the code changes the volumes it produces: it is part of
 # the cache key, so stale cached volumes are never served.
-PIPELINE_VERSION = 1
+PIPELINE_VERSION = 2
 
 # Percentiles are estimated on a regular subsample of about this many voxels
 # (all of them for smaller volumes): exact enough, and 60x cheaper at 1 mm.
@@ -43,13 +45,22 @@ class Preprocessing:
     Parameters
     ----------
     shape : tuple of 3 ints or None, default=None
-        Target shape (D, H, W): every scan is centre-cropped or zero-padded to
-        it after resampling. None keeps the shape of the (resampled) scans,
-        which then must all agree.
+        Target shape (D, H, W). With ``affine``, the shape of the model grid.
+        Without, every scan is centre-cropped or zero-padded to it after
+        resampling; None keeps the shape of the (resampled) scans, which then
+        must all agree.
     voxel_size : float, tuple of 3 floats or None, default=None
-        Target voxel size in mm; scans with another voxel size are resampled
-        (trilinear). None keeps each scan's voxel size, which then must all
-        agree.
+        Without ``affine`` only: target voxel size in mm; scans with another
+        voxel size are resampled (trilinear). None keeps each scan's voxel
+        size, which then must all agree.
+    affine : array-like of shape (4, 4) or None, default=None
+        World (e.g. MNI mm) affine of a model grid of ``shape`` voxels: every
+        scan is resampled into it from its own affine — any voxel size,
+        orientation or obliquity —, smoothed first where it has finer voxels
+        than the grid (anti-aliasing), with 0 where the grid lies outside the
+        scan. A scan covering less than half of the grid is refused (it is not
+        in the grid's space). :class:`ldae.LDAEEncoder` uses its preset's grid
+        (:func:`ldae.imaging.grid.grid_affine`).
     percentiles : tuple of 2 floats, default=(0.5, 99.5)
         Intensities at these percentiles of the voxels on the target grid
         (inside the brain mask, when one is given) map to 0 and 1; values
@@ -69,6 +80,7 @@ class Preprocessing:
 
     shape: tuple | None = None
     voxel_size: tuple | None = None
+    affine: tuple | None = None
     percentiles: tuple = (0.5, 99.5)
     brain_mask: object = None
     nan_policy: str = "raise"
@@ -80,6 +92,7 @@ class Preprocessing:
         set_field = object.__setattr__
         set_field(self, "shape", _check_shape(self.shape))
         set_field(self, "voxel_size", _check_voxel_size(self.voxel_size))
+        set_field(self, "affine", _check_grid_affine(self.affine, self.shape, self.voxel_size))
         set_field(self, "percentiles", _check_percentiles(self.percentiles))
         set_field(self, "brain_mask", _check_mask_argument(self.brain_mask))
         if not _is_int(self.max_voxels) or self.max_voxels < 8:
@@ -103,6 +116,7 @@ class Preprocessing:
         return {
             "shape": None if self.shape is None else list(self.shape),
             "voxel_size": None if self.voxel_size is None else list(self.voxel_size),
+            "affine": None if self.affine is None else [list(row) for row in self.affine],
             "percentiles": list(self.percentiles),
             "brain_mask": self.brain_mask,
             "nan_policy": self.nan_policy,
@@ -172,13 +186,12 @@ class Preprocessing:
             brain mask does not lie on its target grid.
         """
         self.check_voxel_count(shape, name)
-        grid = plan_grid(
-            spatial_shape(shape, name),
-            check_affine(affine, name),
-            voxel_size=self.voxel_size,
-            target_shape=self.shape,
-            name=name,
-        )
+        if self.affine is not None:
+            grid = plan_world_grid(spatial_shape(shape, name), check_affine(affine, name),
+                                   self.shape, np.array(self.affine), name=name)
+        else:
+            grid = plan_grid(spatial_shape(shape, name), check_affine(affine, name),
+                             voxel_size=self.voxel_size, target_shape=self.shape, name=name)
         if self.mask is not None:
             inside, mask_affine = self.mask
             if inside.shape != grid.shape:
@@ -288,6 +301,37 @@ class Preprocessing:
         )
 
 
+def model_preprocessing(preprocessing, shape, affine):
+    """The preprocessing of a model whose grid is ``shape`` voxels placed by ``affine``.
+
+    Parameters
+    ----------
+    preprocessing : Preprocessing or None
+        What the user gave; None gives the default, which resamples every scan into
+        the model grid.
+    shape : tuple of 3 ints
+    affine : ndarray of shape (4, 4)
+
+    Returns
+    -------
+    Preprocessing
+
+    Raises
+    ------
+    InputError
+        If ``preprocessing`` is not a Preprocessing or makes volumes of another shape.
+    """
+    if preprocessing is None:
+        return Preprocessing(shape=tuple(shape), affine=affine)
+    if not isinstance(preprocessing, Preprocessing):
+        raise InputError(
+            f"preprocessing must be an ldae.imaging.Preprocessing, got {type(preprocessing).__name__}")
+    if preprocessing.shape is None or tuple(preprocessing.shape) != tuple(shape):
+        raise InputError(f"preprocessing.shape={preprocessing.shape} differs from the model's "
+                         f"image_shape={tuple(shape)}")
+    return preprocessing
+
+
 def _check_shape(shape):
     if shape is None:
         return None
@@ -311,6 +355,17 @@ def _check_voxel_size(voxel_size):
             "3 of them, or None"
         )
     return tuple(float(v) for v in voxel_size)
+
+
+def _check_grid_affine(affine, shape, voxel_size):
+    if affine is None:
+        return None
+    if shape is None or voxel_size is not None:
+        raise InputError(
+            "Preprocessing(affine=...): a model grid needs its shape and takes its voxel size "
+            "from the affine; give shape=(D, H, W) and no voxel_size")
+    affine = check_affine(affine, "Preprocessing(affine=...)")
+    return tuple(tuple(float(v) for v in row) for row in affine)
 
 
 def _check_percentiles(percentiles):

@@ -1,5 +1,6 @@
 """Stage 3: semantic encoders, the gradient estimator and the PDAE objective."""
 
+from .distribution import TrainingDistribution
 from .gradient_estimator import GradientEstimator, UNetFeatures, shifted_eps, unet_features, unet_head
 from .pdae import code_correlation_penalty, code_steering, pdae_loss
 from .semantic_encoder import (CodeStandardization, LatentSemanticEncoder, SliceSemanticEncoder,
@@ -10,6 +11,7 @@ __all__ = [
     "GradientEstimator",
     "LatentSemanticEncoder",
     "SliceSemanticEncoder",
+    "TrainingDistribution",
     "UNetFeatures",
     "calibrate_code_statistics",
     "code_correlation_penalty",
