@@ -33,7 +33,7 @@ from .generation import embedding_direction
 from .metrics import ssim
 from .plotting import (plot_interpolation, plot_manipulation, plot_reconstruction,
                        plot_training_history, plot_variations)
-from .probes import probe_embeddings
+from .probes import PCA_OF_VOXELS, probe_embeddings
 from .quality_control import QualityControl, reconstruction_error, simulate_corruptions
 from .report import Report
 from .retrieval import SimilarScans, recall_at_k
@@ -48,6 +48,7 @@ FULL = dict(n_subjects=60, ddim_steps=20, overrides={})
 QUICK = dict(n_subjects=20, ddim_steps=10,
              overrides=dict(ae_epochs=4, diffusion_epochs=10, representation_epochs=10))
 MANIPULATION_GAPS = (-2, -1, 0, 1, 2)
+EXPECTED_MINUTES = {"full": 10, "quick": 1.5}  # python benchmarks/bench_demo.py
 UNTRAINED = "LDAE encoder untrained (control)"
 
 
@@ -84,6 +85,11 @@ def run_demo(output_dir="ldae-demo", *, quick=False, n_subjects=None, encoder=No
                          "subjects (its probes use 5 subject-grouped folds of AD and CN)")
     say = print if verbose else (lambda *args, **kwargs: None)
     timings = {}
+    say(f"ldae demo ({'quick' if quick else 'full'}): a synthetic cohort of {n_subjects} subjects "
+        "-> fit LDAE (3 stages) and its untrained control -> embed -> linear probes against "
+        "PCA of the voxels -> generative tools -> cohort analysis -> report in "
+        f"{output_dir}. Expected: about {EXPECTED_MINUTES['quick' if quick else 'full']} minutes "
+        "on 2 CPU cores with bf16 at the default size (docs/benchmarks/demo.md).")
 
     def timed(step, compute):
         start = time.perf_counter()
@@ -128,14 +134,19 @@ def run_demo(output_dir="ldae-demo", *, quick=False, n_subjects=None, encoder=No
                      "pvalue_corrected"]].to_string(index=False))
 
     report = Report("ldae demo report")
+    _verdict_section(report, probes)
     _cohort_section(report, cohort, quick)
     _training_section(report, encoder)
     _probe_section(report, probes, table, random_state)
     _comparison_section(report, comparisons)
+    say("\ngenerative tools: reconstruction, variations, manipulation, interpolation ...")
     timed("generative", lambda: _generative_section(report, encoder, cohort, embeddings,
                                                     settings["ddim_steps"], random_state))
+    say(f"generative tools: {timings['generative']:.1f} s\ncohort analysis: map, similar scans, "
+        "quality control, site effects ...")
     timed("cohort analysis", lambda: _analysis_section(report, encoder, cohort, embeddings,
                                                        random_state))
+    say(f"cohort analysis: {timings['cohort analysis']:.1f} s")
     _run_section(report, encoder, timings, settings["ddim_steps"], quick)
     html_path, markdown_path = report.write(output_dir)
     say(f"\nreport: {html_path.resolve()}\n        {markdown_path.resolve()}")
@@ -145,6 +156,26 @@ def run_demo(output_dir="ldae-demo", *, quick=False, n_subjects=None, encoder=No
 
 def _counts(values):
     return ", ".join(f"{count} {name}" for name, count in values.value_counts().items())
+
+
+def _verdict_section(report, probes):
+    """The run's answer first: did LDAE beat PCA of the voxels and its untrained control?"""
+    findings = []
+    for study, metric, label, higher_is_better in (
+            (probes.diagnosis, "roc_auc", "AD-vs-CN ROC-AUC", True),
+            (probes.age, "mae", "age MAE (years)", False)):
+        means = study.scores.groupby("model")[metric].apply(lambda scores: scores.abs().mean())
+        ldae = means["LDAE"]
+        verdicts = []
+        for other, name in ((PCA_OF_VOXELS, "PCA of the voxels"),
+                            (UNTRAINED, "the untrained control")):
+            value = means[other]
+            better = ldae > value if higher_is_better else ldae < value
+            verdicts.append(f"{'better than' if better else 'not better than'} {name} ({value:.3f})")
+        findings.append(f"LDAE's {label} is {ldae:.3f}: " + " and ".join(verdicts))
+    report.text("**On this run** (means over subject-grouped folds; the tables below give the "
+                "spread and the tests): " + "; ".join(findings) + ". One run on one synthetic "
+                "cohort is an anecdote: docs/benchmarks/model_quality.md has three seeds.")
 
 
 def _cohort_section(report, cohort, quick):
@@ -163,8 +194,13 @@ def _cohort_section(report, cohort, quick):
 
 def _training_section(report, encoder):
     report.heading("Training")
-    report.text("Loss per epoch of each stage (validation on held-out subjects).")
-    report.figure(plot_training_history(encoder.history_), "training",
+    config = encoder.config_
+    report.text(f"Loss per epoch of each stage (validation on held-out subjects), trained on "
+                f"{encoder.training_device_}.")
+    marks = ({"representation": (config.encoder_warmup_fraction * config.representation_epochs,
+                                 "encoder warm-up ends")}
+             if config.encoder_warmup_fraction > 0 else None)
+    report.figure(plot_training_history(encoder.history_, marks=marks), "training",
                   "Autoencoder, latent diffusion and PDAE representation stages")
 
 
@@ -177,14 +213,17 @@ def _probe_section(report, probes, table, random_state):
         f"'{UNTRAINED}' is the same fit with representation_epochs=0: the semantic encoder at "
         "the initial weights stage 3 started from, over the same autoencoder and denoiser.")
     report.table(table.reset_index(names="features"))
-    report.text("Out-of-fold estimates with 95% subject-level bootstrap confidence intervals "
-                "(1,000 resamples of subjects).")
+    report.text("The headline figures are the means over folds above. For their uncertainty: "
+                "the out-of-fold predictions of all folds pooled, with 95% subject-level "
+                "bootstrap confidence intervals (1,000 resamples of subjects); a pooled ROC-AUC "
+                "is not the mean of the per-fold ones.")
     report.table(_bootstrap_table(probes, random_state))
     try:
         roc = probes.diagnosis.plot_roc(per_subject=True)
     except InputError:  # a subject's diagnosis changed between CN and AD: curve over scans
         roc = probes.diagnosis.plot_roc(per_subject=False)
-    report.figure(roc, "roc", "Out-of-fold ROC curves, AD vs CN, with DeLong 95% CIs")
+    report.figure(roc, "roc", "Pooled out-of-fold ROC curves, AD vs CN, with DeLong 95% CIs "
+                  "of the pooled ROC-AUC")
     pyplot.close(roc)
 
 
@@ -197,11 +236,13 @@ def _bootstrap_table(probes, random_state):
             part = diagnosis[diagnosis.model == model]
             interval = bootstrap_ci(part.y_true, part.score, roc_auc_score, groups=part.subject,
                                     random_state=random_state)
-            row["roc_auc"] = f"{interval.estimate:.3f} [{interval.low:.3f}, {interval.high:.3f}]"
+            row["pooled roc_auc [95% CI]"] = (f"{interval.estimate:.3f} "
+                                              f"[{interval.low:.3f}, {interval.high:.3f}]")
         part = age[age.model == model]
         interval = bootstrap_ci(part.y_true, part.y_pred, mean_absolute_error, groups=part.subject,
                                 random_state=random_state)
-        row["age_mae"] = f"{interval.estimate:.2f} [{interval.low:.2f}, {interval.high:.2f}]"
+        row["pooled age mae [95% CI]"] = (f"{interval.estimate:.2f} "
+                                          f"[{interval.low:.2f}, {interval.high:.2f}]")
         rows.append(row)
     return pd.DataFrame(rows).fillna("")
 
@@ -209,9 +250,16 @@ def _bootstrap_table(probes, random_state):
 def _comparison_section(report, comparisons):
     report.heading("Model comparison")
     report.text("LDAE against each baseline: corrected resampled t-test (Nadeau & Bengio) on the "
-                "per-fold scores, p-values Holm-corrected over the comparisons.")
-    report.table(comparisons[["metric", "model_a", "model_b", "mean_difference", "statistic",
-                              "pvalue", "pvalue_corrected"]])
+                "per-fold scores, p-values Holm-corrected over the comparisons. mean_difference "
+                "is LDAE − baseline, so a positive difference favours LDAE for roc_auc, "
+                "accuracy, precision, recall and f1, and a negative one for mae and rmse; the "
+                "column 'favours' says which.")
+    shown = comparisons[["metric", "model_a", "model_b", "mean_difference", "statistic",
+                         "pvalue", "pvalue_corrected"]].copy()
+    lower_is_better = shown.metric.isin(["mae", "rmse"])
+    ahead = np.where(lower_is_better, shown.mean_difference < 0, shown.mean_difference > 0)
+    shown["favours"] = np.where(ahead, shown.model_a, shown.model_b)
+    report.table(shown)
 
 
 def _generative_section(report, encoder, cohort, embeddings, steps, random_state):
@@ -232,9 +280,10 @@ def _generative_section(report, encoder, cohort, embeddings, steps, random_state
 
     alphas, moved_scan = _manipulation(report, encoder, frame, images, embeddings, steps)
     report.figure(plot_manipulation(moved_scan[len(alphas) // 2], moved_scan, alphas,
+                                    labels=[f"{k:+d} AD − CN gaps" for k in MANIPULATION_GAPS],
                                     affine=affine), "manipulation",
-                  "A CN scan moved along the AD-vs-CN probe direction (α in AD − CN gaps); "
-                  "differences to α = 0")
+                  "A CN scan moved along the AD-vs-CN probe direction; differences to the "
+                  "scan decoded at 0 gaps")
 
     _interpolation(report, encoder, frame, images, affine, steps)
 
@@ -325,7 +374,8 @@ def _run_section(report, encoder, timings, steps, quick):
                                        config.embedding_dim,
                                        f"{config.ae_epochs}, {config.diffusion_epochs}, "
                                        f"{config.representation_epochs}",
-                                       steps, encoder.device, encoder.random_state]})
+                                       steps, encoder.training_device_,
+                                       encoder.random_state]})
     report.table(settings.astype(str))
     report.text("Seconds: " + ", ".join(f"{step} {value:.1f}" for step, value in timings.items())
                 + "; per training stage: " + ", ".join(

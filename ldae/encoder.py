@@ -156,6 +156,9 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
         Per stage, ``{"loss": [...], "val_loss": [...]}`` one value per epoch.
     fit_seconds_ : dict
         Wall time of each stage.
+    training_device_ : str
+        Where and in what precision the stages trained, e.g. ``"cpu, bf16"`` (a
+        stage that fell back to fp32 says so in a warning).
     n_scans_ : int
         Number of scans trained on.
     training_distribution_ : ldae.representation.TrainingDistribution or None
@@ -290,6 +293,7 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
         self.preprocessing_ = preprocessing
         self.affine_ = np.asarray(dataset.affine, dtype=float)
         self.history_, self.fit_seconds_ = {}, {}
+        self.training_device_ = f"{device.type}, {'bf16' if dtype == torch.bfloat16 else 'fp32'}"
         self.skipped_scans_ = dataset.skipped_
         with torch.random.fork_rng(devices=[]):
             self._fit_stages(dataset, train_index, val_index, device, dtype, seed, checkpoints)
@@ -561,7 +565,8 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
         except (TypeError, KeyError, ValueError, InputError) as error:
             raise CheckpointError(f"{path} holds settings this ldae cannot use "
                                   f"({type(error).__name__}: {error})") from None
-        distribution = fitted.pop("training_distribution_", None)  # absent from older files
+        fitted.setdefault("training_device_", "not recorded")  # absent from older files
+        distribution = fitted.pop("training_distribution_", None)
         model.training_distribution_ = (None if distribution is None
                                         else TrainingDistribution.from_dict(distribution))
         model.skipped_scans_ = pd.DataFrame(fitted.pop("skipped_scans_", {}),
@@ -593,6 +598,7 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
             "scale_factor_": self.scale_factor_,
             "history_": self.history_,
             "fit_seconds_": self.fit_seconds_,
+            "training_device_": self.training_device_,
             "n_scans_": self.n_scans_,
             "training_distribution_": (None if self.training_distribution_ is None
                                        else self.training_distribution_.to_dict()),

@@ -122,12 +122,13 @@ def plot_variations(variations, *, originals=None, affine=None, view="z", cut_co
     return _finish(figure, title, output_file)
 
 
-def plot_manipulation(original, manipulated, alphas, *, affine=None, view="z", cut_coords=None,
-                      output_file=None, title=None):
+def plot_manipulation(original, manipulated, alphas, *, labels=None, affine=None, view="z",
+                      cut_coords=None, output_file=None, title=None):
     """A scan moved along a direction, with difference maps over its anatomy.
 
     Top row: the manipulated volumes, one per alpha. Bottom row: manipulated −
-    original over the original.
+    original over the original (left blank at alpha = 0, where there is nothing
+    to show), on a diverging colour map with a range symmetric about 0.
 
     Parameters
     ----------
@@ -138,7 +139,10 @@ def plot_manipulation(original, manipulated, alphas, *, affine=None, view="z", c
     manipulated : array of shape (n_alphas, D, H, W) or list of volumes
         E.g. ``encoder.manipulate(X[:1], direction, alphas)[:, 0]``.
     alphas : sequence of float
-        The alpha of each manipulated volume (panel titles).
+        The alpha of each manipulated volume.
+    labels : sequence of str, optional
+        Panel titles, one per alpha (e.g. the alphas in AD − CN gaps); default
+        ``"alpha = <value>"``.
     affine : ndarray of shape (4, 4), optional
         Grid of array volumes.
     view : {"x", "y", "z"}, default="z"
@@ -162,12 +166,19 @@ def plot_manipulation(original, manipulated, alphas, *, affine=None, view="z", c
     differences = [_difference(frame, anatomy) for frame in frames]
     scale = _difference_scale(differences)
     figure, axes = _grid(2, len(frames))
+    labels = [f"alpha = {alpha:g}" for alpha in alphas] if labels is None else list(labels)
+    _check_same_count(labels, alphas, "labels", "alphas")
+    overlay = None
     for column, (frame, difference, alpha) in enumerate(zip(frames, differences, alphas)):
         _show(axes[0, column], frame, view, cut)
-        axes[0, column].set_title(f"alpha = {alpha:g}")
+        axes[0, column].set_title(labels[column])
+        if alpha == 0:
+            axes[1, column].set_axis_off()
+            continue
         overlay = _show(axes[1, column], anatomy, view, cut, difference=difference, scale=scale)
     axes[1, 0].set_ylabel("manipulated − original")
-    figure.colorbar(overlay, ax=axes[1, :], shrink=0.8)
+    if overlay is not None:
+        figure.colorbar(overlay, ax=axes[1, :], shrink=0.8)
     return _finish(figure, title, output_file)
 
 
@@ -231,7 +242,7 @@ def plot_interpolation(interpolated, t, *, real_middle=None, middle_t=None, affi
 # ---------------------------------------------------------------- helpers
 
 
-def plot_training_history(history, *, output_file=None, title=None):
+def plot_training_history(history, *, marks=None, output_file=None, title=None):
     """Loss per epoch of each training stage, with the validation loss when there is one.
 
     Parameters
@@ -239,6 +250,9 @@ def plot_training_history(history, *, output_file=None, title=None):
     history : dict
         Stage name -> {"loss": [...], "val_loss": [...]}, e.g.
         :attr:`ldae.LDAEEncoder.history_`.
+    marks : dict, optional
+        Stage name -> (epoch, label): a dashed vertical line at that (possibly
+        fractional) epoch, e.g. where the encoder warm-up of stage 3 ends.
     output_file : str or Path, optional
         PNG to write.
     title : str, optional
@@ -257,6 +271,9 @@ def plot_training_history(history, *, output_file=None, title=None):
             values = list(curves.get(key) or [])
             if values:
                 ax.plot(np.arange(1, len(values) + 1), values, marker=".", label=label)
+        if stage in (marks or {}):
+            epoch, label = marks[stage]
+            ax.axvline(epoch, color="0.4", linestyle="--", linewidth=1, label=label)
         ax.set_title(stage)
         ax.set_xlabel("epoch")
         ax.set_ylabel("loss")

@@ -35,6 +35,9 @@ CLASSIFICATION_SCORING = {
 REGRESSION_SCORING = {"mae": "neg_mean_absolute_error", "rmse": "neg_root_mean_squared_error"}
 MEAN_AGE_BASELINE = "mean age"
 
+PCA_OF_VOXELS = "PCA of voxels"
+"""Name of the PCA-of-voxels baseline in probe results."""
+
 
 @dataclass
 class ProbeResults:
@@ -118,7 +121,7 @@ def probe_embeddings(features, frame, *, voxels=None, fold_encoders=None, n_spli
     _check_frame(frame, features)
     blocks = dict(features)
     if voxels is not None:
-        blocks["PCA of voxels"] = np.asarray(voxels, dtype=np.float32).reshape(len(frame), -1)
+        blocks[PCA_OF_VOXELS] = np.asarray(voxels, dtype=np.float32).reshape(len(frame), -1)
     fold_encoders = dict(fold_encoders or {})
     if fold_encoders and voxels is None:
         raise InputError("fold_encoders need the voxels: pass voxels=<the scans' volumes>")
@@ -131,16 +134,16 @@ def probe_embeddings(features, frame, *, voxels=None, fold_encoders=None, n_spli
     diseased = frame["diagnosis"].isin(["CN", "AD"]).to_numpy()
     is_ad = (frame["diagnosis"][diseased] == "AD").to_numpy().astype(int)
     classifiers = {name: _probe(columns[name], LogisticRegression(max_iter=2000),
-                                pca=name == "PCA of voxels") for name in blocks}
-    classifiers.update({name: _encoder_probe(columns["PCA of voxels"], volume_shape, encoder,
+                                pca=name == PCA_OF_VOXELS) for name in blocks}
+    classifiers.update({name: _encoder_probe(columns[PCA_OF_VOXELS], volume_shape, encoder,
                                              LogisticRegression(max_iter=2000))
                         for name, encoder in fold_encoders.items()})
     diagnosis = run_study(classifiers, X[diseased], is_ad, groups=subjects[diseased], cv=cv,
                           scoring=CLASSIFICATION_SCORING, n_jobs=n_jobs)
 
-    regressors = {name: _probe(columns[name], grouped_ridge(), pca=name == "PCA of voxels")
+    regressors = {name: _probe(columns[name], grouped_ridge(), pca=name == PCA_OF_VOXELS)
                   for name in blocks}
-    regressors.update({name: _encoder_probe(columns["PCA of voxels"], volume_shape, encoder,
+    regressors.update({name: _encoder_probe(columns[PCA_OF_VOXELS], volume_shape, encoder,
                                             grouped_ridge())
                        for name, encoder in fold_encoders.items()})
     regressors[MEAN_AGE_BASELINE] = DummyRegressor(strategy="mean")

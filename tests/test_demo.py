@@ -112,3 +112,32 @@ def test_demo_probes_the_untrained_encoder_control_of_its_own_fit(demo):
     assert (demo["report"].parent / "checkpoints" / "autoencoder.pt").is_file()
     comparisons = demo["probes"].comparisons("LDAE")
     assert UNTRAINED in set(comparisons.model_b)
+
+
+def test_report_opens_with_this_runs_verdict_from_its_own_numbers(demo):
+    markdown = demo["markdown"].read_text()
+    first_paragraph = markdown.split("\n## ")[0]
+    scores = demo["probes"].diagnosis.scores
+    auc = scores.groupby("model")["roc_auc"].mean()
+    beat_pca = auc["LDAE"] > auc["PCA of voxels"]
+    assert "**On this run**" in first_paragraph
+    expected = (f"LDAE's AD-vs-CN ROC-AUC is {auc['LDAE']:.3f}: "
+                f"{'better than' if beat_pca else 'not better than'} PCA of the voxels "
+                f"({auc['PCA of voxels']:.3f})")
+    assert expected in first_paragraph
+    assert "the untrained control" in first_paragraph and "age MAE (years)" in first_paragraph
+
+
+def test_report_states_signs_devices_and_labels_pooled_figures(demo):
+    markdown = demo["markdown"].read_text()
+    assert "a positive difference favours LDAE for roc_auc" in markdown
+    comparison = markdown.split("## Model comparison")[1].split("\n## ")[0]
+    header = next(line for line in comparison.splitlines() if line.startswith("| metric"))
+    assert header.rstrip(" |").endswith("favours")
+    for row in (line for line in comparison.splitlines() if line.startswith("| mae")):
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        difference, favours = float(cells[3]), cells[-1]
+        assert favours == (cells[1] if difference < 0 else cells[2])  # lower MAE is better
+    assert "pooled roc_auc [95% CI]" in markdown and "Pooled out-of-fold ROC curves" in markdown
+    device = demo["encoder"].training_device_
+    assert device in ("cpu, fp32", "cpu, bf16") and f"| device | {device} |" in markdown

@@ -11,6 +11,7 @@ from ldae.plotting import (
     plot_interpolation,
     plot_manipulation,
     plot_reconstruction,
+    plot_training_history,
     plot_variations,
 )
 
@@ -58,10 +59,23 @@ def test_difference_maps_show_where_the_volumes_differ(volumes):
     original = np.zeros(SHAPE, dtype=np.float32)
     brighter = original.copy()
     brighter[:, :, SHAPE[2] // 2] = 0.5  # the central axial slice only
-    figure = plot_manipulation(original, [original, brighter], [0, 1])
-    overlays = [ax.images[1].get_array() for ax in figure.axes[2:4]]  # bottom row
-    assert overlays[0].mask.all()  # no difference: nothing drawn over the anatomy
-    assert not overlays[1].mask.any() and np.allclose(overlays[1], 0.5)
+    figure = plot_manipulation(original, [original, brighter, original], [-1, 1, 0],
+                               labels=["-1 gap", "+1 gap", "0 gaps"])
+    assert [ax.get_title() for ax in figure.axes[:3]] == ["-1 gap", "+1 gap", "0 gaps"]
+    overlays = [ax.images[1] for ax in figure.axes[3:5]]  # bottom row
+    assert overlays[0].get_array().mask.all()  # no difference: nothing drawn over the anatomy
+    assert not overlays[1].get_array().mask.any() and np.allclose(overlays[1].get_array(), 0.5)
+    # a diverging map, symmetric about 0; the alpha = 0 panel is left blank
+    assert overlays[1].get_cmap().name == "RdBu_r"
+    assert overlays[1].get_clim()[0] == -overlays[1].get_clim()[1]
+    assert not figure.axes[5].images and not figure.axes[5].axison
+
+
+def test_training_history_marks_the_end_of_the_encoder_warm_up():
+    history = {"autoencoder": {"loss": [3.0, 2.0]}, "representation": {"loss": [1.0, 0.9, 0.8]}}
+    figure = plot_training_history(history, marks={"representation": (0.75, "warm-up ends")})
+    (line,) = [line for line in figure.axes[1].lines if line.get_label() == "warm-up ends"]
+    assert line.get_xdata()[0] == 0.75 and len(figure.axes[0].lines) == 1
 
 
 def test_images_are_drawn_in_ras_orientation():
