@@ -103,10 +103,9 @@ def _parser():
                            "field of view (default: the preset's, 5.5 mm for small)")
     fit.add_argument("--brain-mask", default=None,
                      help="NIfTI mask on the model grid; voxels outside are set to 0")
-    fit.add_argument("--percentiles", type=float, nargs=2, default=(0.5, 99.5),
-                     metavar=("LOW", "HIGH"),
+    fit.add_argument("--percentiles", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                      help="intensities mapped to 0 and 1 (default: 0.5 99.5)")
-    fit.add_argument("--nan-policy", default="raise", choices=["raise", "zero"],
+    fit.add_argument("--nan-policy", default=None, choices=["raise", "zero"],
                      help="NaN or infinite voxels: refuse the scan (default) or set them to 0")
     for name in ["embedding-dim", "ae-epochs", "diffusion-epochs", "representation-epochs",
                  "batch-size"]:
@@ -210,9 +209,11 @@ def _encoder_params(args, out):
     params = {**params, **{key: value for key, value in overrides.items() if value is not None}}
     config = resolve_config(args.preset, image_shape=params.get("image_shape"),
                             field_of_view=params.get("field_of_view"))
+    given = {"percentiles": args.percentiles, "brain_mask": args.brain_mask,
+             "nan_policy": args.nan_policy}
     params["preprocessing"] = Preprocessing(
-        shape=config.image_shape, affine=config.grid_affine, percentiles=tuple(args.percentiles),
-        brain_mask=args.brain_mask, nan_policy=args.nan_policy)
+        shape=config.image_shape, affine=config.grid_affine,
+        **{key: value for key, value in given.items() if value is not None})
     return params
 
 
