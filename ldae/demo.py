@@ -28,7 +28,7 @@ from . import __version__
 from .cohort_map import cohort_map, plot_cohort_map
 from .datasets import make_synthetic_cohort
 from .encoder import LDAEEncoder
-from .exceptions import InputError
+from .exceptions import InputError, OutOfDistributionWarning
 from .generation import embedding_direction
 from .metrics import ssim
 from .plotting import (plot_interpolation, plot_manipulation, plot_reconstruction,
@@ -346,15 +346,22 @@ def _analysis_section(report, encoder, cohort, embeddings, random_state):
 
     kinds = ["artefact", "upside-down", "inverted contrast", "noise"]
     corrupted = simulate_corruptions(images[:len(kinds)], kinds, random_state=random_state)
-    mixed = np.concatenate([embeddings, encoder.transform(corrupted)])
+    with warnings.catch_warnings():  # the corrupted copies are meant to be flagged, below
+        warnings.simplefilter("ignore", OutOfDistributionWarning)
+        mixed = np.concatenate([embeddings, encoder.transform(corrupted)])
     errors = reconstruction_error(encoder, np.concatenate([images, corrupted]))
-    truth = pd.DataFrame({"scan": list(ids) + [f"corrupted: {kind}" for kind in kinds]})
+    outside = encoder.training_distribution_.outside(mixed)
+    truth = pd.DataFrame({"scan": list(ids) + [f"corrupted: {kind}" for kind in kinds],
+                          "out_of_distribution": outside})
     qc = QualityControl(random_state=random_state).fit(mixed, reconstruction_error=errors)
     scores = qc.score_table(mixed, errors, frame=truth)
     report.text(f"Quality control on the cohort with {len(kinds)} deliberately corrupted copies "
                 f"mixed in (robust Mahalanobis distance of the embedding and autoencoder "
                 f"reconstruction error, as z-scores; flagged above {qc.threshold}): "
-                f"{int(scores.flagged.sum())} scans flagged. The 10 highest scores:")
+                f"{int(scores.flagged.sum())} scans flagged. The column out_of_distribution is "
+                f"the warning of LDAEEncoder.transform (embedding far from the training scans'): "
+                f"{int(outside.sum())} scans, {int(outside[len(ids):].sum())} of them corrupted "
+                "copies. The 10 highest scores:")
     report.table(scores.head(10))
 
     sites = site_prediction_score(embeddings, frame.site, frame.subject, random_state=random_state)

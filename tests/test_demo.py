@@ -81,8 +81,11 @@ def test_markdown_twin_links_the_figures_written_beside_it(demo):
 
 def test_demo_quality_control_puts_the_corrupted_copies_first(demo):
     markdown = demo["markdown"].read_text()
-    table = markdown.split("The 10 highest scores:")[1].split("\n\n")[1].splitlines()[2:]
+    header, _, *table = markdown.split("The 10 highest scores:")[1].split("\n\n")[1].splitlines()
     assert [row.split("|")[1].strip().startswith("corrupted") for row in table[:4]] == [True] * 4
+    # the out-of-distribution flag of transform, scan by scan
+    column = [cell.strip() for cell in header.split("|")].index("out_of_distribution")
+    assert {row.split("|")[column].strip() for row in table} <= {"True", "False"}
 
 
 def test_report_rejects_bad_figure_names_and_non_tables(tmp_path):
