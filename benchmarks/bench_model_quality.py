@@ -60,14 +60,14 @@ from ldae.imputation import impute_missing_visits
 from ldae.imaging import as_volume_dataset
 from ldae.metrics import ssim
 from ldae.model_selection import fit_with_groups, grouped_ridge, markdown_table
-from ldae.probes import probe_embeddings
+from ldae.probes import PCA_OF_VOXELS, probe_embeddings
 from ldae.representation import code_steering
 
 from bench_manipulation import STEPS_IN_GAPS, ventricle_mask, ventricle_volume
 
 OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
 UNTRAINED = "LDAE encoder untrained"
-PCA = "PCA of voxels"
+PCA = PCA_OF_VOXELS
 QUICK_OVERRIDES = dict(ae_epochs=4, diffusion_epochs=10, representation_epochs=10)
 TARGETS = {"autoencoder_ssim": 0.95, "steering_ratio": 1.10, "manipulation_fraction": 0.25,
            "interpolation_gap": 0.01}

@@ -297,8 +297,6 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
         self.skipped_scans_ = dataset.skipped_
         with torch.random.fork_rng(devices=[]):
             self._fit_stages(dataset, train_index, val_index, device, dtype, seed, checkpoints)
-        self.training_distribution_ = TrainingDistribution.of(torch.cat(list(
-            self._batches(Subset(dataset, train_index), self._embed_batch))).numpy())
         self.n_scans_ = len(train_index)
         self._n_features_out = config.embedding_dim
         distributed.stop(parallel)
@@ -339,7 +337,21 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
             scale_in_place(z0, self.scale_factor_)
             self._fit_latent_stages(z0, dataset, train_index, val_index, device, dtype, seed,
                                     checkpoints, loaders, schedule)
-        self.autoencoder_ = _frozen(autoencoder)
+            self.autoencoder_ = _frozen(autoencoder)
+            self.training_distribution_ = TrainingDistribution.of(
+                self._training_embeddings(z0, dataset, train_index, device))
+
+    @torch.no_grad()
+    def _training_embeddings(self, z0, dataset, train_index, device):
+        """Embeddings of the training scans (from their cached latents for a latent encoder)."""
+        if self.config_.semantic_encoder != "latent":
+            return torch.cat(list(self._batches(Subset(dataset, train_index),
+                                                self._embed_batch))).numpy()
+        chunks = np.array_split(train_index, max(1, len(train_index) // 64))
+        with autocast(device, resolve_precision(self.precision, device)):
+            return torch.cat([
+                self.semantic_encoder_(z0[torch.as_tensor(chunk)].to(device)).float().cpu()
+                for chunk in chunks]).numpy()
 
     def _fit_latent_stages(self, z0, dataset, train_index, val_index, device, dtype, seed,
                            checkpoints, loaders, schedule):

@@ -184,8 +184,10 @@ def test_transform_warns_once_naming_the_scans_far_from_the_training_scans(fitte
     model, cohort = fitted
     with warnings.catch_warnings():
         warnings.simplefilter("error", OutOfDistributionWarning)
-        model.transform(cohort.images)  # the training scans themselves
+        training = model.transform(cohort.images)  # the training scans themselves
     distribution = model.training_distribution_
+    # summarised at fit from the cached latents: the embeddings transform gives
+    np.testing.assert_allclose(distribution.centre, np.median(training, axis=0), atol=1e-4)
     far = distribution.centre + 10 * distribution.scale  # every dimension 10 robust SDs off
     assert distribution.outside(np.stack([distribution.centre, far])).tolist() == [False, True]
     # a stricter threshold flags the farthest of 6 scans: one warning naming them
