@@ -12,6 +12,8 @@ machine's load affects every case alike (median of the runs):
   (the target: at most 1.5x the baseline), also for the same scan stored
   left-right flipped (LAS);
 - ldae load + preprocess with resampling to 2 mm, crop/pad to 96x112x96;
+- ldae load + resampling into the model grids of the presets (MNI, anti-aliased):
+  ``small`` (32x40x32 voxels of 5.5 mm) and ``paper`` (128x160x128 of 1.375 mm);
 - a cache hit (the volume read back from the on-disk cache);
 - building the dataset (opening and checking the header).
 
@@ -36,6 +38,7 @@ from nilearn.datasets import load_mni152_template
 
 from ldae.imaging import Preprocessing, as_volume_dataset
 from ldae.imaging.nifti import open_image, read_volume
+from ldae.presets import PRESETS
 
 TARGET_RATIO = 1.5
 # Decoding a .nii.gz to the end of its stream (CRC-32 and length checked) against
@@ -63,6 +66,9 @@ def cases(ras, las, cache_dir):
     """Name -> callable, each loading one scan the way it will be timed."""
     native = Preprocessing(shape=(192, 224, 192))
     two_mm = Preprocessing(shape=(96, 112, 96), voxel_size=2.0)
+    small_grid, paper_grid = (Preprocessing(shape=PRESETS[name].image_shape,
+                                            affine=PRESETS[name].grid_affine)
+                              for name in ("small", "paper"))
     native_ras = as_volume_dataset([ras], native)
     native_las = as_volume_dataset([las], native)
     resampled = as_volume_dataset([ras], two_mm)
@@ -75,6 +81,8 @@ def cases(ras, las, cache_dir):
         "ldae 1 mm, crop/pad 192x224x192": lambda: native_ras[0],
         "ldae 1 mm LAS file, crop/pad 192x224x192": lambda: native_las[0],
         "ldae resample 2 mm, crop/pad 96x112x96": lambda: resampled[0],
+        "ldae into the small grid (5.5 mm, MNI)": lambda: as_volume_dataset([ras], small_grid)[0],
+        "ldae into the paper grid (1.375 mm, MNI)": lambda: as_volume_dataset([ras], paper_grid)[0],
         "ldae cache hit, 192x224x192": lambda: cached[0],
         "ldae dataset build (header check)": lambda: as_volume_dataset([ras], native),
     }

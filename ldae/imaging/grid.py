@@ -244,13 +244,12 @@ def plan_world_grid(shape, affine, target_shape, target_affine, *, name="image")
     to_source = np.linalg.solve(affine, target_affine)
     coverage = _coverage(to_source, shape, target_shape)
     if coverage < MIN_GRID_COVERAGE:
+        grid_low, grid_high = map(format_sizes, _world_extent(target_affine, target_shape))
+        own_low, own_high = map(format_sizes, _world_extent(affine, shape))
         raise InputError(
-            f"{name}: it covers {coverage:.0%} of the model grid (MNI mm "
-            f"{format_sizes(_world_extent(target_affine, target_shape)[0])} to "
-            f"{format_sizes(_world_extent(target_affine, target_shape)[1])}), where its own "
-            f"voxels span {format_sizes(_world_extent(affine, shape)[0])} to "
-            f"{format_sizes(_world_extent(affine, shape)[1])} mm; the model expects scans "
-            "registered to MNI space (e.g. affinely, with FSL FLIRT or ANTs)")
+            f"{name}: it covers {coverage:.0%} of the model grid (MNI mm {grid_low} to "
+            f"{grid_high}), where its own voxels span {own_low} to {own_high} mm; the model "
+            "expects scans registered to MNI space (e.g. affinely, with FSL FLIRT or ANTs)")
     # Target voxel step in image voxels along each image axis; > 1 loses resolution.
     step = np.sqrt((to_source[:3, :3] ** 2).sum(axis=1))
     sigma = tuple(float(s / FWHM_PER_SIGMA) if s > 1.0 + VOXEL_SIZE_RTOL else 0.0 for s in step)
