@@ -20,7 +20,7 @@ from .generation import GenerativeMixin
 from .imaging import Preprocessing, as_volume_dataset, model_preprocessing
 from .imaging.inputs import SKIPPED_COLUMNS
 from .presets import ModelConfig, resolve_config
-from .representation.distribution import TrainingDistribution
+from .representation.training_distribution import TrainingDistribution
 from .representation.gradient_estimator import GradientEstimator
 from .representation.semantic_encoder import (LatentSemanticEncoder, SliceSemanticEncoder,
                                               calibrate_code_statistics)

@@ -15,9 +15,7 @@ independent of the embedding's size, and not moved by a few extreme training sca
 from dataclasses import dataclass
 
 import numpy as np
-
-MAD_TO_SD = 1.4826
-"""Scales the MAD of a Gaussian sample to its standard deviation."""
+from scipy.stats import median_abs_deviation
 
 OUTLIER_FACTOR = 1.5
 MIN_THRESHOLD = 2.0
@@ -32,7 +30,8 @@ class TrainingDistribution:
     centre : ndarray of shape (n_dims,)
         Median of each dimension over the training scans.
     scale : ndarray of shape (n_dims,)
-        ``MAD_TO_SD`` × MAD of each dimension (a constant dimension gets 1).
+        MAD of each dimension scaled to a Gaussian's SD (1.4826 × MAD; a constant
+        dimension gets 1).
     threshold : float
         Distance above which an embedding counts as out of distribution.
     """
@@ -47,7 +46,7 @@ class TrainingDistribution:
         embeddings = np.asarray(embeddings, dtype=float)
         embeddings = embeddings[~np.isnan(embeddings).any(axis=1)]
         centre = np.median(embeddings, axis=0)
-        scale = MAD_TO_SD * np.median(np.abs(embeddings - centre), axis=0)
+        scale = median_abs_deviation(embeddings, axis=0, scale="normal")
         scale[scale <= 0] = 1.0
         summary = cls(centre, scale, np.inf)
         threshold = max(MIN_THRESHOLD,
