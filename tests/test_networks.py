@@ -23,7 +23,7 @@ from ldae.representation import (
 )
 from ldae.training.loop import train_stage
 from ldae.training.learning_rate import learning_rate_schedule
-from ldae.training.stages import representation_stage
+from ldae.training.stages import diffusion_stage, representation_stage
 
 LATENT = (3, 8, 10, 8)
 
@@ -211,6 +211,22 @@ def test_pdae_training_updates_only_encoder_and_estimator(unet):
     assert torch.count_nonzero(estimator(unet_features(unet, z, t), encoder(z))) > 0
 
 
+@pytest.mark.parametrize("epochs, averaged", [(0, []), (1, ["estimator", "semantic_encoder"])])
+def test_only_stages_that_train_keep_weight_averages(unet, epochs, averaged):
+    # an average copies its network (1.8 GB for the paper UNet): an untrained stage,
+    # e.g. the representation_epochs=0 control, must not allocate one
+    config = replace(resolve_config("tiny"), diffusion_epochs=epochs, representation_epochs=epochs)
+    cpu = torch.device("cpu")
+    diffusion = diffusion_stage(unet, NoiseSchedule(), config, cpu, None)
+    estimator = GradientEstimator(unet, embedding_dim=16)
+    encoder = LatentSemanticEncoder(channels=(16, 32), embedding_dim=16)
+    representation = representation_stage(unet, estimator, encoder, NoiseSchedule(), config, cpu, None)
+    assert sorted(diffusion.averages) == (["unet"] if epochs else [])
+    assert sorted(representation.averages) == averaged
+    assert sorted(key for key in representation.state if key.endswith("_ema")) == [
+        f"{name}_ema" for name in averaged]
+
+
 def test_encoder_warmup_trains_only_the_estimator_in_its_epochs(unet):
     config = replace(resolve_config("tiny"), representation_epochs=2, encoder_warmup_fraction=0.5)
     encoder = LatentSemanticEncoder(channels=(16, 32), embedding_dim=16)
@@ -352,6 +368,22 @@ def test_slice_encoder_depends_on_slice_order(monkeypatch):
             semantic_encoder_module, "get_timestep_embedding", lambda positions, dim: torch.zeros(len(positions), dim)
         )
         torch.testing.assert_close(encoder(shuffled), encoder(volume), rtol=1e-4, atol=1e-5)
+
+
+def test_slice_encoder_reads_slices_in_bounded_passes_with_the_same_code(monkeypatch):
+    # a paper scan has 128 slices: all at once cost ~1 GB of activations at inference
+    torch.manual_seed(0)
+    encoder = SliceSemanticEncoder(embedding_dim=32, channels=(8, 16), num_heads=4).eval()
+    volumes = torch.rand(2, 1, 16, 20, 12, generator=torch.Generator().manual_seed(1))
+    passes = []
+    encoder.slice_cnn.register_forward_hook(lambda module, args, output: passes.append(len(args[0])))
+    with torch.no_grad():
+        whole = encoder(volumes)
+        monkeypatch.setattr(semantic_encoder_module, "SLICES_PER_PASS", 5)
+        passes.clear()
+        chunked = encoder(volumes)
+    assert passes == [5, 5, 5, 5, 4]
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
 
 
 def test_paper_size_networks_construct():

@@ -28,3 +28,14 @@ def exponential_moving_average(module, decay):
         return effective * averaged + (1.0 - effective) * current
 
     return AveragedModel(module, avg_fn=average, use_buffers=True)
+
+
+def stage_averages(epochs, decay, **modules):
+    """EMA wrappers of ``modules``, by name, for a stage of ``epochs`` epochs.
+
+    A stage with no epochs gets none: its weights stay as initialised, and each
+    wrapper would copy them (1.8 GB for the paper preset's latent UNet).
+    """
+    if not epochs:
+        return {}
+    return {name: exponential_moving_average(module, decay) for name, module in modules.items()}

@@ -12,7 +12,7 @@ from ..autoencoder.loss import AdversarialTerm, autoencoder_loss
 from ..diffusion.loss import diffusion_loss
 from ..representation.pdae import pdae_loss
 from .device import autocast
-from .ema import exponential_moving_average
+from .ema import stage_averages
 from .learning_rate import learning_rate_schedule
 from .loop import Stage, optimisation_step
 
@@ -96,7 +96,7 @@ def diffusion_stage(unet, schedule, config, device, dtype, *, steps_per_epoch=1)
     optimizer = torch.optim.Adam(unet.parameters(), lr=config.diffusion_lr)
     scheduler = learning_rate_schedule(optimizer, config.lr_schedule,
                                        config.diffusion_epochs * steps_per_epoch)
-    average = exponential_moving_average(unet, config.ema_decay)
+    averages = stage_averages(config.diffusion_epochs, config.ema_decay, unet=unet)
 
     def loss_of(batch, generator):
         with autocast(device, dtype):
@@ -105,7 +105,7 @@ def diffusion_stage(unet, schedule, config, device, dtype, *, steps_per_epoch=1)
     def step(batch, generator):
         unet.train()
         loss = loss_of(batch, generator)
-        optimisation_step(loss, optimizer, unet.parameters(), averages=[(average, unet)])
+        optimisation_step(loss, optimizer, unet.parameters(), averages=[(averages["unet"], unet)])
         scheduler.step()
         return loss.item()
 
@@ -113,9 +113,9 @@ def diffusion_stage(unet, schedule, config, device, dtype, *, steps_per_epoch=1)
         unet.eval()
         return loss_of(batch, generator).item()
 
-    state = {"unet": unet, "optimizer": optimizer, "scheduler": scheduler, "unet_ema": average}
-    return Stage("diffusion", step, evaluate, state, config.diffusion_epochs,
-                 averages={"unet": average})
+    state = {"unet": unet, "optimizer": optimizer, "scheduler": scheduler,
+             **{f"{name}_ema": average for name, average in averages.items()}}
+    return Stage("diffusion", step, evaluate, state, config.diffusion_epochs, averages=averages)
 
 
 def representation_stage(unet, estimator, semantic_encoder, schedule, config, device, dtype, *,
@@ -139,8 +139,8 @@ def representation_stage(unet, estimator, semantic_encoder, schedule, config, de
     scheduler = learning_rate_schedule(optimizer, config.lr_schedule,
                                        config.representation_epochs * steps_per_epoch,
                                        start_steps=[warmup_steps, 0])
-    encoder_average = exponential_moving_average(semantic_encoder, config.ema_decay)
-    estimator_average = exponential_moving_average(estimator, config.ema_decay)
+    averages = stage_averages(config.representation_epochs, config.ema_decay,
+                              semantic_encoder=semantic_encoder, estimator=estimator)
 
     def loss_of(batch, generator):
         z0 = batch[0].to(device)
@@ -155,8 +155,8 @@ def representation_stage(unet, estimator, semantic_encoder, schedule, config, de
         estimator.train()
         loss = loss_of(batch, generator)
         optimisation_step(loss, optimizer, parameters,
-                          averages=[(encoder_average, semantic_encoder),
-                                    (estimator_average, estimator)])
+                          averages=[(averages["semantic_encoder"], semantic_encoder),
+                                    (averages["estimator"], estimator)])
         scheduler.step()
         return loss.item()
 
@@ -166,7 +166,6 @@ def representation_stage(unet, estimator, semantic_encoder, schedule, config, de
         return loss_of(batch, generator).item()
 
     state = {"semantic_encoder": semantic_encoder, "estimator": estimator, "optimizer": optimizer,
-             "scheduler": scheduler, "semantic_encoder_ema": encoder_average,
-             "estimator_ema": estimator_average}
+             "scheduler": scheduler, **{f"{name}_ema": average for name, average in averages.items()}}
     return Stage("representation", step, evaluate, state, config.representation_epochs,
-                 averages={"semantic_encoder": encoder_average, "estimator": estimator_average})
+                 averages=averages)
