@@ -120,3 +120,31 @@ def test_supervised_regression_and_label_checks():
         model.fit(volumes, age[:3])
     with pytest.raises(InputError, match="task"):
         SupervisedEncoder(task="ranking").fit(volumes, age)
+
+
+@pytest.mark.parametrize("preset", ["small", "paper"])
+def test_ldae_unet_presets_give_the_voxel_dae_the_latent_unet_architecture(preset):
+    # the efficiency comparison must differ only in where the denoiser works:
+    # every layer matches except the image/latent channels of the first and last conv
+    from ldae.baselines import resolve_baseline_config
+    from ldae.diffusion import build_latent_unet
+    from ldae.presets import resolve_config
+
+    latent, voxel = resolve_config(preset), resolve_baseline_config(f"{preset}-ldae-unet")
+    with torch.device("meta"):
+        latent_unet = build_latent_unet(
+            latent_channels=latent.latent_channels, channels=latent.unet_channels,
+            num_res_blocks=latent.unet_res_blocks, attention_levels=latent.unet_attention,
+            num_head_channels=latent.unet_head_channels, norm_num_groups=latent.unet_norm_groups)
+        denoiser = build_conditional_unet(
+            embedding_dim=voxel.embedding_dim, channels=voxel.unet_channels,
+            num_res_blocks=voxel.unet_res_blocks, attention_levels=voxel.unet_attention,
+            num_head_channels=voxel.unet_head_channels, norm_num_groups=voxel.unet_norm_groups)
+    shapes = {name: tuple(p.shape) for name, p in latent_unet.named_parameters()}
+    differing = {name for name, p in denoiser.named_parameters()
+                 if name in shapes and tuple(p.shape) != shapes[name]}
+    assert differing == {"conv_in.conv.weight", "out.2.conv.weight", "out.2.conv.bias"}
+    extra = {name.split(".")[0] for name, _ in denoiser.named_parameters()} - {
+        name.split(".")[0] for name in shapes}
+    assert extra == {"class_embedding"}  # the code's path into the time embedding
+    assert len(shapes) == len(list(denoiser.named_parameters())) - 2

@@ -32,6 +32,7 @@ class BaselineConfig:
     embedding_dim: int = 32
     unet_channels: tuple = (8, 16, 32)
     unet_res_blocks: int = 1
+    unet_attention: tuple = ()
     unet_head_channels: int = 32
     unet_norm_groups: int = 8
     epochs: int = 5
@@ -61,12 +62,23 @@ def _from_ldae_preset(name, **baseline_settings):
     return BaselineConfig(**shared, **baseline_settings)
 
 
+def _ldae_denoiser(name):
+    """The architecture of the latent UNet of LDAE's preset ``name``: a voxel DAE with it
+    differs from LDAE only in where its denoiser works (the equal-architecture comparison)."""
+    ldae = PRESETS[name]
+    return dict(unet_channels=ldae.unet_channels, unet_res_blocks=ldae.unet_res_blocks,
+                unet_attention=ldae.unet_attention, unet_head_channels=ldae.unet_head_channels,
+                unet_norm_groups=ldae.unet_norm_groups)
+
+
 BASELINE_PRESETS = {
     "tiny": _from_ldae_preset("tiny", unet_channels=(8, 16, 32), epochs=5, lr=1e-3),
     "small": _from_ldae_preset("small", unet_channels=(16, 32, 64, 64), unet_head_channels=64,
                                epochs=30, lr=1e-3),
     "paper": _from_ldae_preset("paper", unet_channels=(32, 64, 128, 256, 256),
                                unet_head_channels=64, unet_norm_groups=32, epochs=200, lr=1e-4),
+    "small-ldae-unet": _from_ldae_preset("small", **_ldae_denoiser("small"), epochs=30, lr=1e-3),
+    "paper-ldae-unet": _from_ldae_preset("paper", **_ldae_denoiser("paper"), epochs=200, lr=1e-4),
 }
 
 
@@ -75,9 +87,10 @@ def resolve_baseline_config(preset, **overrides):
 
     Parameters
     ----------
-    preset : {"tiny", "small", "paper"}
+    preset : {"tiny", "small", "paper", "small-ldae-unet", "paper-ldae-unet"}
         Same names, grids, encoder widths, embedding sizes, batch sizes and DDIM
-        steps as the presets of :class:`ldae.LDAEEncoder`.
+        steps as the presets of :class:`ldae.LDAEEncoder`; the ``-ldae-unet``
+        presets give the voxel DAE the latent UNet architecture of that LDAE preset.
     **overrides
         Settings of :class:`BaselineConfig`; ``None`` values are ignored.
 
@@ -89,6 +102,8 @@ def resolve_baseline_config(preset, **overrides):
         raise InputError(f"preset={preset!r} is not one of {sorted(BASELINE_PRESETS)}")
     given = {key: tuple(value) if isinstance(value, list) else value
              for key, value in overrides.items() if value is not None}
+    if "unet_channels" in given:  # the preset's attention flags are for its own levels
+        given.setdefault("unet_attention", ())
     config = replace(BASELINE_PRESETS[preset], **given)
     if len(config.image_shape) != 3 or min(config.image_shape) < 1:
         raise InputError(f"image_shape={config.image_shape} must be three positive sizes (D, H, W)")

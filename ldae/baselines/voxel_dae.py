@@ -32,12 +32,15 @@ STAGE = "voxel_dae"
 
 
 def build_conditional_unet(*, embedding_dim, in_channels=1, channels=(8, 16, 32), num_res_blocks=1,
-                           num_head_channels=32, norm_num_groups=8):
+                           attention_levels=None, num_head_channels=32, norm_num_groups=8):
     """A MONAI ``DiffusionModelUNet`` conditioned on a continuous semantic code.
 
     MONAI adds ``class_embedding(class_labels)`` to the time embedding of every
     residual block; with a linear layer in place of its class lookup table, that
-    additive path carries a continuous code y instead of a class index.
+    additive path carries a continuous code y instead of a class index. Attention
+    uses PyTorch's fused ``scaled_dot_product_attention``: at full resolution the
+    middle block attends over thousands of voxels, whose attention matrix would
+    not fit in memory.
 
     Parameters
     ----------
@@ -48,8 +51,11 @@ def build_conditional_unet(*, embedding_dim, in_channels=1, channels=(8, 16, 32)
     channels : sequence of int, default=(8, 16, 32)
         Widths of the levels; each level but the last halves every axis.
     num_res_blocks : int, default=1
+    attention_levels : sequence of bool, optional
+        Self-attention per level; None or empty means none (the middle block
+        always has one).
     num_head_channels : int, default=32
-        Channels per head of the middle block's self-attention.
+        Channels per attention head.
     norm_num_groups : int, default=8
 
     Returns
@@ -60,8 +66,10 @@ def build_conditional_unet(*, embedding_dim, in_channels=1, channels=(8, 16, 32)
     if int(embedding_dim) != embedding_dim or embedding_dim < 1:
         raise InputError(f"embedding_dim must be a positive integer, got {embedding_dim!r}")
     unet = build_latent_unet(latent_channels=in_channels, channels=channels,
-                             num_res_blocks=num_res_blocks, num_head_channels=num_head_channels,
-                             norm_num_groups=norm_num_groups)
+                             num_res_blocks=num_res_blocks,
+                             attention_levels=tuple(attention_levels or ()) or None,
+                             num_head_channels=num_head_channels,
+                             norm_num_groups=norm_num_groups, use_flash_attention=True)
     unet.num_class_embeds = int(embedding_dim)
     unet.class_embedding = nn.Linear(int(embedding_dim), unet.time_embed[-1].out_features)
     return unet
@@ -150,7 +158,10 @@ class VoxelDAEEncoder(VolumeEncoderBase):
 
     Parameters
     ----------
-    preset : {"tiny", "small", "paper"}, default="small"
+    preset : {"tiny", "small", "paper", "small-ldae-unet", "paper-ldae-unet"}, default="small"
+        The ``-ldae-unet`` presets use the latent UNet architecture of that LDAE
+        preset (widths, residual blocks, attention levels, heads) as the denoiser:
+        the two models then differ only in where the denoiser works.
     image_shape : tuple of 3 int, optional
         Grid every scan is brought to; each size must divide by
         2 ** (len(unet_channels) - 1).
@@ -248,7 +259,8 @@ class VoxelDAEEncoder(VolumeEncoderBase):
                                                     channels=config.encoder_channels).to(device)
             denoiser = build_conditional_unet(
                 embedding_dim=config.embedding_dim, channels=config.unet_channels,
-                num_res_blocks=config.unet_res_blocks, num_head_channels=config.unet_head_channels,
+                num_res_blocks=config.unet_res_blocks, attention_levels=config.unet_attention,
+                num_head_channels=config.unet_head_channels,
                 norm_num_groups=config.unet_norm_groups).to(device)
             stage = voxel_dae_stage(semantic_encoder, denoiser, NoiseSchedule(), config, device,
                                     dtype)
