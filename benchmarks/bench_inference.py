@@ -1,64 +1,72 @@
-"""Inference throughput and training cost: LDAE against the voxel-space diffusion autoencoder.
+"""Inference cost: LDAE against a voxel-space diffusion autoencoder with the same denoiser.
 
-Both models run in the same run on the same scans, device, precision, batch size
-and DDIM steps: scans/s of ``transform`` (the semantic embedding),
-``encode_stochastic`` (DDIM inversion, S network evaluations) and ``reconstruct``
-(inversion + decoding, 2S evaluations, plus the autoencoder for LDAE), the LDAE
-speed-up (LDAE scans/s ÷ voxel-DAE scans/s; the paper claims ~20x), the training
-seconds per stage and epoch, and the peak memory of each measurement.
+The voxel DAE (``VoxelDAEEncoder(preset="<architecture>-ldae-unet")``) denoises the
+volume with exactly the latent UNet architecture of LDAE's preset (widths, residual
+blocks, attention levels, heads; one image channel instead of the latent's), as a
+DiffAE in image space built from the same UNet: the two differ only in where the
+denoiser works. Parameter counts are printed beside the figures.
 
-Throughput counts network evaluations, not quality: the models are fitted for ONE
-epoch per stage on a few synthetic scans, which is enough to time them (their
-embeddings and reconstructions are meaningless). Each measurement runs in its own
-subprocess after a warm-up call, so that its peak memory is its own: the maximum
-resident set size (getrusage) on the CPU, torch.cuda.max_memory_allocated on a GPU.
+Inference is a fixed sequence of network calls, so for each grid and architecture
+every call is timed alone (median of up to 3 calls after a warm-up call)
+and its FLOPs counted (torch.utils.flop_counter), and the seconds per scan of each
+public method at S DDIM steps follow from them:
 
-    python benchmarks/bench_inference.py --quick   # 32x40x32, 10/20 steps (2-core CPU)
-    python benchmarks/bench_inference.py           # 64x80x64 and 128x160x128, 10/20/50/100 steps (GPU)
+    LDAE       transform          = preprocessing + [AE encode] + semantic encoder
+               encode_stochastic  = preprocessing + AE encode + semantic encoder + S x step
+               reconstruct        = encode_stochastic + S x step + AE decode
+    voxel DAE  transform          = preprocessing + semantic encoder
+               encode_stochastic  = transform + S x step
+               reconstruct        = encode_stochastic + S x step
+
+(an LDAE step is the frozen UNet with the gradient estimator, a voxel-DAE step the
+conditional UNet; "AE encode" is in LDAE's transform when its semantic encoder reads
+the latent). The composition is checked against the public methods timed end to end
+where they take less than --max-seconds. A call that would take longer than
+--max-seconds is not run: its FLOPs are counted on the meta device and its time is
+estimated at the FLOP rate of the LDAE step of the same architecture in this run
+(marked "est.").
+
+    python benchmarks/bench_inference.py --quick   # 32x40x32, small architecture (~2 min)
+    python benchmarks/bench_inference.py           # + 128x160x128, small and paper architectures
 
 Writes docs/benchmarks/inference[_quick].json and .md.
 """
 
 import argparse
+import copy
 import json
 import os
 import platform
-import subprocess
+import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import joblib
 import numpy as np
+import pandas as pd
 import torch
-from _memory import PeakRSS
+from torch.utils.flop_counter import FlopCounterMode
 
+from ldae import LDAEEncoder
 from ldae._files import write_atomically
-
-from ldae.training.device import resolve_device, resolve_precision
+from ldae.baselines import VoxelDAEEncoder
+from ldae.datasets import make_synthetic_cohort
+from ldae.diffusion import NoiseSchedule
+from ldae.imaging import as_volume_dataset
+from ldae.model_selection import markdown_table
+from ldae.representation import shifted_eps
 
 OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
-MODELS = ("LDAE", "voxel DAE")
-QUICK = dict(shapes=[(32, 40, 32)], steps=[10, 20], n_scans=4, n_subjects=3, preset="small",
-             epochs=1)
-FULL = dict(shapes=[(64, 80, 64), (128, 160, 128)], steps=[10, 20, 50, 100], n_scans=16,
-            n_subjects=4, preset="small", epochs=1)
+# (grid, architecture, scans per call): the small grid at the preset's batch size, the
+# paper grid one scan at a time (a batch of paper scans needs tens of GB on a CPU)
+QUICK = dict(cases=[((32, 40, 32), "small", 8)], steps=[10, 20, 50, 100])
+FULL = dict(cases=[((32, 40, 32), "small", 8), ((128, 160, 128), "small", 1),
+                   ((128, 160, 128), "paper", 1)], steps=[10, 20, 50, 100])
+CHECK_STEPS = 10
+TIMESTEP = 100  # below every preset's code_timesteps, so LDAE's step runs G_psi too
 
 
-# ------------------------------------------------------------------ workers
-
-
-def _build(model, preset, shape, epochs):
-    if model == "LDAE":
-        from ldae import LDAEEncoder
-
-        return LDAEEncoder(preset=preset, image_shape=shape, ae_epochs=epochs,
-                           diffusion_epochs=epochs, representation_epochs=epochs,
-                           validation_fraction=0, random_state=0)
-    from ldae.baselines import VoxelDAEEncoder
-
-    return VoxelDAEEncoder(preset=preset, image_shape=shape, epochs=epochs, random_state=0)
+# ------------------------------------------------------------------ one call
 
 
 def _sync():
@@ -66,179 +74,252 @@ def _sync():
         torch.cuda.synchronize()
 
 
-def worker_fit(spec):
-    """Fit one model (after a warm-up fit on one batch) and save it."""
-    scans = np.load(spec["scans"])
-    epochs = spec.get("epochs", 1)
-    if epochs:
-        warm_up = _build(spec["model"], spec["preset"], tuple(spec["shape"]), epochs)
-        warm_up.fit(scans[:warm_up._resolve_config().batch_size])
-    model = _build(spec["model"], spec["preset"], tuple(spec["shape"]), epochs)
-    with PeakRSS() as memory:
-        model.fit(scans)
-    joblib.dump(model, spec["path"])
-    parameters = {key: sum(p.numel() for p in value.parameters())
-                  for key, value in vars(model).items()
-                  if key.endswith("_") and isinstance(value, torch.nn.Module)}
-    return {"fit_seconds": model.fit_seconds_, "n_scans": len(scans), "parameters": parameters,
-            "peak_mb": memory.peak_mb, "before_mb": memory.before_mb}
+def _seconds(call):
+    start = time.perf_counter()
+    call()
+    _sync()
+    return time.perf_counter() - start
 
 
-def worker_measure(spec):
-    """Time one operation of a saved model on the scans, after a warm-up call."""
-    model = joblib.load(spec["path"])
-    scans = np.load(spec["scans"])
-    operation, steps = spec["operation"], spec["steps"]
-
-    def run(batch, n_steps):
-        if operation == "transform":
-            return model.transform(batch)
-        return getattr(model, operation)(batch, steps=n_steps)
-
-    run(scans, 2)  # warm-up at the timed batch size: oneDNN builds kernels per shape
-    with PeakRSS() as memory:
-        start = time.perf_counter()
-        run(scans, steps)
-        _sync()
-        seconds = time.perf_counter() - start
-    return {"seconds": seconds, "scans_per_s": len(scans) / seconds,
-            "peak_mb": memory.peak_mb, "before_mb": memory.before_mb}
+def count_flops(call):
+    with FlopCounterMode(display=False) as counter:
+        call()
+    return counter.get_total_flops()
 
 
-def _in_subprocess(kind, spec):
-    command = [sys.executable, __file__, "--worker", kind, json.dumps(spec)]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"worker {kind} {spec} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+def measure(call, max_seconds, n_scans):
+    """FLOPs (counted on a warm-up call) and median seconds of up to 3 more calls, per scan."""
+    flops = count_flops(call)
+    times = [_seconds(call)]
+    while len(times) < 3 and sum(times) < max_seconds / 4:
+        times.append(_seconds(call))
+    return {"seconds": statistics.median(times) / n_scans, "flops": flops / n_scans,
+            "estimated": False}
 
 
-# ------------------------------------------------------------------ driver
+# ------------------------------------------------------------------ the two models
 
 
-def _columns(steps):
-    return [("transform", None)] + [(op, s) for op in ("encode_stochastic", "reconstruct")
-                                     for s in steps]
+def fitted_models(shape, architecture, scan, device):
+    """Both models with untrained (0-epoch) networks: timing does not depend on training."""
+    ldae = LDAEEncoder(preset=architecture, image_shape=shape, ae_epochs=0, diffusion_epochs=0,
+                       representation_epochs=0, validation_fraction=0, random_state=0,
+                       device=device).fit(scan)
+    voxel = VoxelDAEEncoder(preset=f"{architecture}-ldae-unet", image_shape=shape, epochs=0,
+                            random_state=0, device=device).fit(scan)
+    return ldae, voxel
 
 
-def _column_name(operation, steps):
-    return operation if steps is None else f"{operation} ({steps} steps)"
+def ldae_calls(model, volumes, device):
+    """The network calls of LDAE inference on a batch of preprocessed volumes, by name."""
+    x = torch.as_tensor(volumes).unsqueeze(1).to(device)
+    with torch.inference_mode():
+        z = model.autoencoder_.encode(x)[0]
+        reads_latent = model.config_.semantic_encoder == "latent"
+        y = model.semantic_encoder_(z if reads_latent else x)
+    t = torch.full((len(x),), TIMESTEP, device=device)
+    schedule = NoiseSchedule()
+    return {
+        "AE encode": lambda: model.autoencoder_.encode(x),
+        "semantic encoder": lambda: model.semantic_encoder_(z if reads_latent else x),
+        "step": lambda: shifted_eps(model.unet_, model.estimator_, z, t, y, schedule),
+        "AE decode": lambda: model.autoencoder_.decode(z),
+    }, reads_latent
 
 
-def benchmark_shape(shape, settings, scratch, say):
-    from ldae.datasets import make_synthetic_cohort
+def voxel_calls(model, volumes, device):
+    x = torch.as_tensor(volumes).unsqueeze(1).to(device)
+    with torch.inference_mode():
+        y = model.semantic_encoder_(x)
+    t = torch.full((len(x),), TIMESTEP, device=device)
+    return {"semantic encoder": lambda: model.semantic_encoder_(x),
+            "step": lambda: model.denoiser_(x, t, class_labels=y)}, (x, t, y)
 
-    cohort = make_synthetic_cohort(settings["n_subjects"], shape=shape, random_state=0)
-    scans_path = str(Path(scratch) / f"scans_{'x'.join(map(str, shape))}.npy")
-    np.save(scans_path, cohort.images[:settings["n_scans"]])
-    result = {"shape": list(shape), "n_scans": settings["n_scans"], "training": {},
-              "throughput": {}, "peak_mb": {}}
-    for model in MODELS:
-        path = str(Path(scratch) / f"{model.replace(' ', '_')}_{'x'.join(map(str, shape))}.joblib")
-        spec = {"model": model, "preset": settings["preset"], "shape": list(shape),
-                "scans": scans_path, "path": path, "epochs": settings["epochs"]}
-        say(f"{shape} {model}: fit ({settings['epochs']} epoch(s) per stage)")
-        result["training"][model] = _in_subprocess("fit", spec)
-        result["throughput"][model], result["peak_mb"][model] = {}, {}
-        for operation, steps in _columns(settings["steps"]):
-            measured = _in_subprocess("measure", {**spec, "operation": operation, "steps": steps})
-            column = _column_name(operation, steps)
-            result["throughput"][model][column] = measured["scans_per_s"]
-            result["peak_mb"][model][column] = (f"{measured['peak_mb']:.0f} "
-                                                f"({measured['before_mb']:.0f})")
-            say(f"  {model} {column}: {measured['scans_per_s']:.3f} scans/s, "
-                f"peak {measured['peak_mb']:.0f} MB (before {measured['before_mb']:.0f})")
-    result["ldae_speedup"] = {
-        column: result["throughput"]["LDAE"][column] / result["throughput"]["voxel DAE"][column]
-        for column in result["throughput"]["LDAE"]}
-    return result
+
+def voxel_step_flops_on_meta(model, inputs):
+    meta = copy.deepcopy(model.denoiser_).to("meta")
+    x, t, y = (tensor.to("meta") for tensor in inputs)
+    return count_flops(lambda: meta(x, t, class_labels=y))
+
+
+# ------------------------------------------------------------------ composition
+
+
+def compose(calls, steps, *, ae_in_transform, autoencoder):
+    """Seconds per scan of each public method at ``steps`` DDIM steps."""
+    base = calls["preprocessing"]["seconds"] + calls["semantic encoder"]["seconds"]
+    encode = base + (calls["AE encode"]["seconds"] if autoencoder else 0.0)
+    step = calls["step"]["seconds"]
+    seconds = {"transform": base + (calls["AE encode"]["seconds"] if ae_in_transform else 0.0)}
+    for count in steps:
+        seconds[f"encode_stochastic ({count})"] = encode + count * step
+        seconds[f"reconstruct ({count})"] = (encode + 2 * count * step
+                                             + (calls["AE decode"]["seconds"] if autoencoder else 0.0))
+    return seconds
+
+
+def where_time_goes(calls, steps):
+    """Share of LDAE reconstruct time per part, at ``steps`` steps."""
+    parts = {"preprocessing": calls["preprocessing"]["seconds"],
+             "autoencoder (encode + decode)": calls["AE encode"]["seconds"] + calls["AE decode"]["seconds"],
+             "semantic encoder": calls["semantic encoder"]["seconds"],
+             f"UNet steps (2 x {steps})": 2 * steps * calls["step"]["seconds"]}
+    total = sum(parts.values())
+    return {name: value / total for name, value in parts.items()}
+
+
+# ------------------------------------------------------------------ one case
+
+
+def benchmark_case(shape, architecture, n_scans, steps, max_seconds, device, say):
+    scans = make_synthetic_cohort(max(2, n_scans // 2), shape=shape, random_state=0).images[:n_scans]
+    ldae, voxel = fitted_models(shape, architecture, scans[:1], device)
+
+    def preprocess():
+        dataset = as_volume_dataset(scans, ldae.preprocessing_)
+        return np.stack([dataset[index] for index in range(len(scans))]).astype(np.float32)
+
+    volumes = preprocess()
+    preprocessing = measure(preprocess, max_seconds, n_scans)
+
+    calls = {"LDAE": {"preprocessing": preprocessing}, "voxel DAE": {"preprocessing": preprocessing}}
+    ldae_network_calls, reads_latent = ldae_calls(ldae, volumes, device)
+    with torch.inference_mode():
+        for name, call in ldae_network_calls.items():
+            calls["LDAE"][name] = measure(call, max_seconds, n_scans)
+            say(f"{shape} {architecture} LDAE {name}: {calls['LDAE'][name]['seconds']:.3g} s")
+        voxel_network_calls, inputs = voxel_calls(voxel, volumes, device)
+        calls["voxel DAE"]["semantic encoder"] = measure(voxel_network_calls["semantic encoder"],
+                                                         max_seconds, n_scans)
+        rate = calls["LDAE"]["step"]["flops"] / calls["LDAE"]["step"]["seconds"]
+        flops = voxel_step_flops_on_meta(voxel, inputs) / n_scans
+        if flops * n_scans / rate <= max_seconds:
+            calls["voxel DAE"]["step"] = measure(voxel_network_calls["step"], max_seconds, n_scans)
+        else:
+            calls["voxel DAE"]["step"] = {"seconds": flops / rate, "flops": flops, "estimated": True}
+        say(f"{shape} {architecture} voxel DAE step: {calls['voxel DAE']['step']['seconds']:.3g} s"
+            + (" (est.)" if calls["voxel DAE"]["step"]["estimated"] else ""))
+
+    seconds = {"LDAE": compose(calls["LDAE"], steps, ae_in_transform=reads_latent, autoencoder=True),
+               "voxel DAE": compose(calls["voxel DAE"], steps, ae_in_transform=False,
+                                    autoencoder=False)}
+    return {
+        "shape": list(shape), "architecture": architecture, "scans_per_call": n_scans,
+        "calls": calls, "seconds": seconds,
+        "speedup": {column: seconds["voxel DAE"][column] / seconds["LDAE"][column]
+                    for column in seconds["LDAE"]},
+        "estimated": calls["voxel DAE"]["step"]["estimated"],
+        "parameters": {"LDAE latent UNet": _parameters(ldae.unet_),
+                       "LDAE gradient estimator": _parameters(ldae.estimator_),
+                       "voxel DAE denoiser": _parameters(voxel.denoiser_)},
+        "where_ldae_reconstruct_time_goes": {count: where_time_goes(calls["LDAE"], count)
+                                             for count in (min(steps), max(steps))},
+        "check": end_to_end_check(ldae, voxel, scans, seconds, max_seconds, say),
+    }
+
+
+def end_to_end_check(ldae, voxel, scans, seconds, max_seconds, say):
+    """Public methods on the scans timed end to end, per scan, against the composition."""
+    check = {}
+    for name, model in (("LDAE", ldae), ("voxel DAE", voxel)):
+        for column, steps in (("transform", None), (f"reconstruct ({CHECK_STEPS})", CHECK_STEPS)):
+            composed = seconds[name][column]
+            if composed * len(scans) > max_seconds:
+                continue
+            if steps is None:
+                model.transform(scans)  # warm-up
+                measured = _seconds(lambda: model.transform(scans)) / len(scans)
+            else:
+                model.reconstruct(scans, steps=2)  # warm-up: the same shapes, fewer steps
+                measured = _seconds(lambda: model.reconstruct(scans, steps=steps)) / len(scans)
+            check[f"{name} {column}"] = {"measured_s": measured, "composed_s": composed}
+            say(f"check {name} {column}: measured {measured:.3g} s, composed {composed:.3g} s")
+    return check
+
+
+def _parameters(network):
+    return sum(parameter.numel() for parameter in network.parameters())
+
+
+# ------------------------------------------------------------------ report
 
 
 def _markdown(result):
-    import pandas as pd
-
-    from ldae.model_selection import markdown_table
-
-    lines = [f"# Inference throughput: LDAE against the voxel-space DAE ({result['mode']})", "",
-             f"Command: `{result['command']}`", "",
-             f"Device: {result['machine']['device']}, precision {result['precision']}, "
-             f"{result['machine']['threads']} torch threads, load average at start "
-             f"{result['machine']['load_average']}. Preset architectures: "
-             f"`{result['preset']}`. " + result["note"], ""]
-    for shape_result in result["shapes"]:
-        shape = "×".join(map(str, shape_result["shape"]))
-        table = pd.DataFrame(shape_result["throughput"]).T
-        table.loc["LDAE speed-up (×)"] = pd.Series(shape_result["ldae_speedup"])
-        lines += [f"## {shape}, {shape_result['n_scans']} scans", "", "Scans per second:", "",
-                  markdown_table(table.map(lambda v: f"{v:.3g}").reset_index(names="model")), "",
-                  "Peak memory during each call, MB (in brackets: before the call, with "
-                  "libraries, model and scans loaded):", "",
-                  markdown_table(pd.DataFrame(shape_result["peak_mb"]).T
-                                 .reset_index(names="model")), "",
-                  "Training (seconds of the one epoch per stage, after a warm-up fit):", ""]
+    lines = [f"# Inference cost: LDAE against the voxel DAE with the same denoiser ({result['mode']})",
+             "", f"Command: `{result['command']}`", "",
+             f"Device: {result['machine']['device']}, float32, {result['machine']['threads']} "
+             f"torch threads, load average at start {result['machine']['load_average']}. "
+             "Untrained (0-epoch) networks: the figures time network calls, not model quality. "
+             "Seconds per scan of each method are composed from the timed calls (see "
+             "`benchmarks/bench_inference.py`); \"est.\": not run, estimated from its FLOPs at the "
+             "FLOP rate of LDAE's step of the same architecture.", ""]
+    for case in result["cases"]:
+        shape = "×".join(map(str, case["shape"]))
+        lines += [f"## {shape}, `{case['architecture']}` architecture, "
+                  f"{case['scans_per_call']} scan(s) per call", "",
+                  "Parameters: " + ", ".join(f"{name} {count:,}"
+                                             for name, count in case["parameters"].items()) + ".", "",
+                  "One call, per scan:", ""]
         rows = []
-        for model, training in shape_result["training"].items():
-            for stage, seconds in training["fit_seconds"].items():
-                rows.append({"model": model, "stage": stage, "seconds per epoch": f"{seconds:.2f}",
-                             "seconds per scan": f"{seconds / training['n_scans']:.3f}",
-                             "peak MB (whole fit)": f"{training['peak_mb']:.0f} "
-                                                    f"({training['before_mb']:.0f})"})
-        lines += [markdown_table(pd.DataFrame(rows)), "", "Parameters: " + "; ".join(
-            f"{model}: " + ", ".join(f"{name} {count:,}" for name, count in training["parameters"].items())
-            for model, training in shape_result["training"].items()), ""]
+        for model, calls in case["calls"].items():
+            for name, call in calls.items():
+                rows.append({"model": model, "call": name,
+                             "seconds": f"{call['seconds']:.3g}" + (" est." if call["estimated"] else ""),
+                             "GFLOP": f"{call['flops'] / 1e9:.4g}"})
+        lines += [markdown_table(pd.DataFrame(rows)), "", "Scans per second (DDIM steps in brackets):", ""]
+        table = pd.DataFrame({model: {column: 1.0 / value for column, value in seconds.items()}
+                              for model, seconds in case["seconds"].items()}).T
+        table.loc["LDAE speed-up (×)"] = pd.Series(case["speedup"])
+        lines += [markdown_table(table.map(lambda v: f"{v:.3g}").reset_index(names="model")), ""]
+        if case["estimated"]:
+            lines += ["The voxel DAE's step is estimated (est.), so are its figures and the "
+                      "speed-ups.", ""]
+        for count, shares in case["where_ldae_reconstruct_time_goes"].items():
+            lines.append(f"LDAE reconstruct at {count} steps: " + ", ".join(
+                f"{name} {share:.0%}" for name, share in shares.items()) + ".")
+        if case["check"]:
+            lines += ["", "Public methods timed end to end against the composition:", "",
+                      markdown_table(pd.DataFrame([
+                          {"method": name, "measured s": f"{value['measured_s']:.3g}",
+                           "composed s": f"{value['composed_s']:.3g}",
+                           "measured / composed": f"{value['measured_s'] / value['composed_s']:.2f}"}
+                          for name, value in case["check"].items()]))]
+        lines.append("")
     return "\n".join(lines)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="32x40x32, 10/20 steps")
-    parser.add_argument("--shape", help="one grid DxHxW instead of the mode's (a custom run)")
-    parser.add_argument("--steps", type=int, nargs="+", help="DDIM steps instead of the mode's")
-    parser.add_argument("--scans", type=int, help="number of scans instead of the mode's")
-    parser.add_argument("--epochs", type=int, choices=(0, 1),
-                        help="0: untrained networks (only the autoencoder's latents are "
-                             "computed); the fastest way to time a large grid")
-    parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true", help="32x40x32, small architecture")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--max-seconds", type=float, default=300.0,
+                        help="longest call run; longer network calls are estimated, longer "
+                             "end-to-end checks skipped")
     args = parser.parse_args(argv)
-    if args.worker:
-        kind, spec = args.worker
-        outcome = (worker_fit if kind == "fit" else worker_measure)(json.loads(spec))
-        print(json.dumps(outcome))
-        return 0
-
-    settings = dict(QUICK if args.quick else FULL)
-    custom = {key: value for key, value in (
-        ("shapes", args.shape and [tuple(int(size) for size in args.shape.split("x"))]),
-        ("steps", args.steps), ("n_scans", args.scans), ("epochs", args.epochs))
-        if value is not None}
-    settings.update(custom)
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "CPU"
+    settings = QUICK if args.quick else FULL
+    torch.manual_seed(0)
+    device = torch.device(args.device)
     result = {
-        "command": "python benchmarks/bench_inference.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "mode": ("custom" if custom else "quick" if args.quick else "full"),
-        "preset": settings["preset"],
-        "note": (f"Both models are fitted for {settings['epochs']} epoch(s) per stage on the "
-                 "benchmark scans: the figures time network evaluations, not model quality. "
-                 "Each figure is one subprocess, timed after a warm-up call."),
-        "machine": {"device": device, "python": platform.python_version(),
-                    "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "command": " ".join(["python benchmarks/bench_inference.py", *(sys.argv[1:] if argv is None else argv)]),
+        "mode": "quick" if args.quick else "full",
+        "machine": {"device": (torch.cuda.get_device_name() if device.type == "cuda"
+                               else platform.processor() or "CPU"),
+                    "python": platform.python_version(), "torch": torch.__version__,
+                    "threads": torch.get_num_threads(),
                     "load_average": [round(x, 1) for x in os.getloadavg()]},
-        "shapes": [],
+        "cases": [benchmark_case(shape, architecture, n_scans, settings["steps"],
+                                 args.max_seconds, device, print)
+                  for shape, architecture, n_scans in settings["cases"]],
     }
-    with tempfile.TemporaryDirectory() as scratch:
-        for shape in settings["shapes"]:
-            result["shapes"].append(benchmark_shape(shape, settings, scratch, print))
-    result["precision"] = str(resolve_precision("auto", resolve_device("auto")) or torch.float32)
     OUTPUT.mkdir(parents=True, exist_ok=True)
     name = "inference_quick" if args.quick else "inference"
-    if custom:
-        name = "inference_" + "_".join("x".join(map(str, shape)) for shape in settings["shapes"])
+    if device.type == "cuda":
+        name += "_cuda"
     write_text(OUTPUT / f"{name}.json", json.dumps(result, indent=2) + "\n")
     markdown = _markdown(result)
     write_text(OUTPUT / f"{name}.md", markdown + "\n")
     print(markdown)
     return 0
-
 
 
 def write_text(path, text):
