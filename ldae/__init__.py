@@ -12,9 +12,18 @@ The data's path through the package::
 Heavy modules (torch, MONAI) are imported only when first used.
 """
 
+import importlib
+
 __version__ = "0.1.0"
 
 __all__ = ["LDAEEncoder", "__version__"]
+
+
+# Public submodules reachable as ``ldae.<name>`` after a bare ``import ldae``.
+SUBMODULES = ("autoencoder", "baselines", "brain_age", "cohort_map", "datasets", "diffusion",
+              "exceptions", "generation", "imaging", "imputation", "longitudinal", "metrics",
+              "model_selection", "plotting", "presets", "probes", "quality_control",
+              "representation", "retrieval", "site_effects", "stats", "training")
 
 
 def __getattr__(name):
@@ -22,4 +31,10 @@ def __getattr__(name):
         from .encoder import LDAEEncoder
 
         return LDAEEncoder
+    if name in SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'ldae' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), "LDAEEncoder", *SUBMODULES])

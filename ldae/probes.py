@@ -24,6 +24,9 @@ from . import stats
 from .exceptions import InputError
 from .model_selection import RepeatedStratifiedGroupKFold, grouped_ridge, run_study
 
+__all__ = ["CLASSIFICATION_SCORING", "MEAN_AGE_BASELINE", "PCA_OF_VOXELS", "REGRESSION_SCORING",
+           "ProbeResults", "probe_embeddings"]
+
 # a fold whose probe predicts no AD scores 0 precision/F1 rather than warning per fold
 CLASSIFICATION_SCORING = {
     "roc_auc": "roc_auc",

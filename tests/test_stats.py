@@ -328,6 +328,13 @@ def test_importing_stats_does_not_import_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_submodules_are_reachable_after_a_bare_import():
+    code = ("import sys, ldae; assert ldae.stats.delong_test and ldae.probes.probe_embeddings; "
+            "assert 'torch' not in sys.modules; assert 'stats' in dir(ldae); "
+            "assert all(hasattr(ldae, name) for name in ldae.SUBMODULES)")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_mcnemar_reports_the_accuracy_difference_with_its_interval():
     # a right and b wrong on 20 scans, the reverse on 5, of 100
     table = [[60, 20], [5, 15]]
