@@ -60,6 +60,18 @@ def test_stochastic_code_and_embedding_decode_to_the_reconstruction(encoder, bas
     assert reconstructions.min() >= 0 and reconstructions.max() <= 1
 
 
+def test_stochastic_encoding_runs_the_autoencoder_once_per_scan(encoder, baselines):
+    # the code y of a latent semantic encoder comes from the same latents as x_T
+    encoded = []
+    hook = encoder.autoencoder_.encoder.register_forward_hook(
+        lambda module, args, output: encoded.append(len(args[0])))
+    try:
+        encoder.encode_stochastic(baselines[:3], steps=2)
+    finally:
+        hook.remove()
+    assert sum(encoded) == 3
+
+
 def test_interpolation_endpoints_are_the_reconstructions(encoder, baselines, reconstructions):
     ends = encoder.interpolate(baselines[:2], baselines[2:4], [0.0, 1.0], steps=STEPS)
     assert ends.shape == (2, 2, *baselines.shape[1:])
