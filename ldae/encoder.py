@@ -80,8 +80,9 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
     code_timesteps : int, optional
         Stage 3 trains the code and the gradient estimator on the diffusion
         timesteps t < code_timesteps, and the estimator shifts the denoiser there
-        only; 1000 (the paper) is every timestep. The code matters least at high
-        noise, where a scan's own and other scans' codes denoise alike.
+        only; 1000 (the paper, every preset) is every timestep. A lower bound is
+        an ablation: with it the code cannot move what a DDIM trajectory fixes at
+        high noise, such as ventricle size (docs/benchmarks.md).
     encoder_warmup_fraction : float, optional
         Fraction of the stage-3 epochs, at their start, during which the semantic
         encoder keeps its initial weights and only the gradient estimator trains,

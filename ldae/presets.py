@@ -21,9 +21,7 @@ resampled into it (:func:`ldae.imaging.grid.grid_affine`, :class:`ldae.imaging.P
 
 Beyond the paper, ``tiny`` and ``small`` train a stage 1 that codes each scan's
 deviation from the mean training scan (``ae_template``) and decay every learning rate
-on a cosine (``lr_schedule``), and train the code and G_ψ on the timesteps t < 400
-only (``code_timesteps``), where own and shuffled codes differ (above, G_ψ is off);
-``small`` also holds the semantic encoder at its initial weights for the first quarter
+on a cosine (``lr_schedule``); ``small`` also holds the semantic encoder at its initial weights for the first quarter
 of stage 3 (``encoder_warmup_fraction``). Their effect is measured by
 ``benchmarks/bench_model_quality.py`` (docs/benchmarks.md).
 """
@@ -62,7 +60,7 @@ class ModelConfig:
     encoder_channels: tuple = (32, 64)
     embedding_dim: int = 32
     code_decorrelation: float = 0.0
-    code_timesteps: int = 400
+    code_timesteps: int = 1000
     encoder_warmup_fraction: float = 0.0
     # training
     ae_epochs: int = 3
@@ -140,7 +138,6 @@ PRESETS = {
         diffusion_lr=1e-4,
         representation_lr=1e-4,
         lr_schedule="constant",
-        code_timesteps=1000,
         ddim_steps=100,
     ),
 }
