@@ -26,7 +26,14 @@ where they take less than --max-seconds. A call that would take longer than
 estimated at the FLOP rate of the LDAE step of the same architecture in this run
 (marked "est.").
 
-    python benchmarks/bench_inference.py --quick   # 32x40x32, small architecture (~2 min)
+With ``--quality``, both models are also trained for the same wall time on a small
+synthetic cohort (LDAE with the quick settings of bench_model_quality; the voxel DAE
+for as many epochs as fit in LDAE's fit time, from the time of one epoch) and their
+reconstructions of held-out scans are scored (SSIM, PSNR) against the seconds per scan
+they took, next to the autoencoder alone.
+
+    python benchmarks/bench_inference.py --quick   # 32x40x32, small architecture (~4 min)
+    python benchmarks/bench_inference.py --quick --quality   # + quality at equal training time
     python benchmarks/bench_inference.py           # + 128x160x128, small and paper architectures
 
 Writes docs/benchmarks/inference[_quick].json and .md.
@@ -45,6 +52,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.model_selection import GroupShuffleSplit
 from torch.utils.flop_counter import FlopCounterMode
 
 from ldae import LDAEEncoder
@@ -52,7 +60,9 @@ from ldae._files import write_atomically
 from ldae.baselines import VoxelDAEEncoder
 from ldae.datasets import make_synthetic_cohort
 from ldae.diffusion import NoiseSchedule
+from ldae.generation import autoencoder_reconstruction
 from ldae.imaging import as_volume_dataset
+from ldae.metrics import psnr, ssim
 from ldae.model_selection import markdown_table
 from ldae.representation import shifted_eps
 
@@ -63,6 +73,8 @@ QUICK = dict(cases=[((32, 40, 32), "small", 8)], steps=[10, 20, 50, 100])
 FULL = dict(cases=[((32, 40, 32), "small", 8), ((128, 160, 128), "small", 1),
                    ((128, 160, 128), "paper", 1)], steps=[10, 20, 50, 100])
 CHECK_STEPS = 10
+QUALITY = dict(subjects=20, held_out_scans=8, steps=[10, 20],
+               ldae=dict(ae_epochs=4, diffusion_epochs=10, representation_epochs=10))
 TIMESTEP = 100  # below every preset's code_timesteps, so LDAE's step runs G_psi too
 
 
@@ -241,6 +253,49 @@ def _parameters(network):
     return sum(parameter.numel() for parameter in network.parameters())
 
 
+# ------------------------------------------------------------------ quality
+
+
+def quality_at_equal_training_time(device, say):
+    """Both models trained for the same wall time; held-out reconstruction quality and cost."""
+    cohort = make_synthetic_cohort(QUALITY["subjects"], shape=(32, 40, 32), random_state=0)
+    train, held_out = next(GroupShuffleSplit(1, test_size=0.2, random_state=0)
+                           .split(cohort.images, groups=cohort.frame.subject))
+    scans, tests = cohort.images[train], cohort.images[held_out[:QUALITY["held_out_scans"]]]
+    ldae = LDAEEncoder(preset="small", validation_fraction=0, random_state=0, device=device,
+                       **QUALITY["ldae"]).fit(scans)
+    budget = sum(ldae.fit_seconds_.values())
+    one_epoch = VoxelDAEEncoder(preset="small-ldae-unet", epochs=1, random_state=0,
+                                device=device).fit(scans).fit_seconds_["voxel_dae"]
+    epochs = max(1, int(budget // one_epoch))
+    voxel = VoxelDAEEncoder(preset="small-ldae-unet", epochs=epochs, random_state=0,
+                            device=device).fit(scans)
+    say(f"quality: LDAE trained {budget:.0f} s, voxel DAE {epochs} epochs in "
+        f"{voxel.fit_seconds_['voxel_dae']:.0f} s")
+    dataset = as_volume_dataset(tests, ldae.preprocessing_)  # what both models reconstruct
+    targets = np.stack([dataset[index] for index in range(len(tests))])
+    rows = [_scored("LDAE autoencoder alone", None, targets,
+                    lambda: autoencoder_reconstruction(ldae, tests))]
+    for steps in QUALITY["steps"]:
+        for name, model in (("LDAE", ldae), ("voxel DAE", voxel)):
+            rows.append(_scored(name, steps, targets,
+                                lambda: model.reconstruct(tests, steps=steps)))
+            say(f"quality: {name} {steps} steps: SSIM {rows[-1]['ssim']:.4f}, "
+                f"{rows[-1]['seconds_per_scan']:.3g} s per scan")
+    return {"train_scans": len(scans), "held_out_scans": len(tests),
+            "training_seconds": {"LDAE": budget, "voxel DAE": voxel.fit_seconds_["voxel_dae"]},
+            "ldae_epochs": QUALITY["ldae"], "voxel_dae_epochs": epochs, "rows": rows}
+
+
+def _scored(model, steps, targets, reconstruct):
+    start = time.perf_counter()
+    outputs = reconstruct()
+    seconds = (time.perf_counter() - start) / len(targets)
+    return {"model": model, "steps": steps, "seconds_per_scan": seconds,
+            "ssim": float(np.mean(ssim(outputs, targets))),
+            "psnr": float(np.mean(psnr(outputs, targets)))}
+
+
 # ------------------------------------------------------------------ report
 
 
@@ -285,6 +340,20 @@ def _markdown(result):
                            "measured / composed": f"{value['measured_s'] / value['composed_s']:.2f}"}
                           for name, value in case["check"].items()]))]
         lines.append("")
+    if "quality" in result:
+        quality = result["quality"]
+        lines += ["## Reconstruction quality at equal training time (32×40×32, `small`)", "",
+                  f"{quality['train_scans']} training scans of a synthetic cohort, "
+                  f"{quality['held_out_scans']} held-out scans of other subjects. LDAE trained "
+                  f"{quality['training_seconds']['LDAE']:.0f} s ({quality['ldae_epochs']}), the "
+                  f"voxel DAE {quality['voxel_dae_epochs']} epochs in "
+                  f"{quality['training_seconds']['voxel DAE']:.0f} s. Seconds per scan include "
+                  "preprocessing and the autoencoder.", "",
+                  markdown_table(pd.DataFrame([
+                      {"model": row["model"], "DDIM steps": row["steps"] or "",
+                       "SSIM": f"{row['ssim']:.4f}", "PSNR (dB)": f"{row['psnr']:.2f}",
+                       "seconds per scan": f"{row['seconds_per_scan']:.3g}"}
+                      for row in quality["rows"]])), ""]
     return "\n".join(lines)
 
 
@@ -292,6 +361,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="32x40x32, small architecture")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--quality", action="store_true",
+                        help="also train both models for the same wall time and score "
+                             "their reconstructions of held-out scans")
     parser.add_argument("--max-seconds", type=float, default=300.0,
                         help="longest call run; longer network calls are estimated, longer "
                              "end-to-end checks skipped")
@@ -311,6 +383,8 @@ def main(argv=None):
                                  args.max_seconds, device, print)
                   for shape, architecture, n_scans in settings["cases"]],
     }
+    if args.quality:
+        result["quality"] = quality_at_equal_training_time(device, print)
     OUTPUT.mkdir(parents=True, exist_ok=True)
     name = "inference_quick" if args.quick else "inference"
     if device.type == "cuda":
