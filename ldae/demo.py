@@ -42,10 +42,11 @@ from .stats import bootstrap_ci
 
 DEMO_SHAPE = (32, 40, 32)
 MIN_SUBJECTS = 20
-# The full demo trains the autoencoder 14 epochs where the small preset trains 30: 30 take
-# about 3.8 more minutes on 2 cores (held-out SSIM 0.933 -> 0.957 over three seeds,
-# docs/benchmarks/model_quality*.md), which the demo's 10-minute budget does not have.
-FULL = dict(n_subjects=60, ddim_steps=20, overrides=dict(ae_epochs=14))
+# The full demo trains the autoencoder 14 epochs where the small preset trains 30 (30 take
+# about 3.8 more minutes on 2 cores: held-out SSIM 0.933 -> 0.957 over three seeds,
+# docs/benchmarks/model_quality*.md) and stage 3 50 epochs instead of 60 (621 s with 60 in
+# python benchmarks/bench_demo.py): the demo's 10-minute budget has neither.
+FULL = dict(n_subjects=60, ddim_steps=20, overrides=dict(ae_epochs=14, representation_epochs=50))
 # --quick trains fewer epochs on a third of the subjects and decodes with fewer DDIM
 # steps: a smoke run of the whole path in about 2 minutes on 2 cores, not a result.
 QUICK = dict(n_subjects=20, ddim_steps=10,
