@@ -32,8 +32,8 @@ for as many epochs as fit in LDAE's fit time, from the time of one epoch) and th
 reconstructions of held-out scans are scored (SSIM, PSNR) against the seconds per scan
 they took, next to the autoencoder alone.
 
-    python benchmarks/bench_inference.py --quick   # 32x40x32, small architecture (~4 min)
-    python benchmarks/bench_inference.py --quick --quality   # + quality at equal training time
+    python benchmarks/bench_inference.py --quick   # 32x40x32, small architecture (~5 min)
+    python benchmarks/bench_inference.py --quick --quality   # + quality at equal training time (~12 min)
     python benchmarks/bench_inference.py           # + 128x160x128, small and paper architectures
 
 Writes docs/benchmarks/inference[_quick].json and .md.
