@@ -340,19 +340,25 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
                                     checkpoints, loaders, schedule)
             self.autoencoder_ = _frozen(autoencoder)
             self.training_distribution_ = TrainingDistribution.of(
-                self._training_embeddings(z0, dataset, train_index, device))
+                self._training_embeddings(z0, dataset, train_index))
 
-    @torch.no_grad()
-    def _training_embeddings(self, z0, dataset, train_index, device):
+    def _training_embeddings(self, z0, dataset, train_index):
         """Embeddings of the training scans (from their cached latents for a latent encoder)."""
         if self.config_.semantic_encoder != "latent":
             return torch.cat(list(self._batches(Subset(dataset, train_index),
                                                 self._embed_batch))).numpy()
-        chunks = np.array_split(train_index, max(1, len(train_index) // 64))
+        return self._embed_latents(z0, train_index).numpy()
+
+    @torch.no_grad()
+    def _embed_latents(self, z0, index):
+        """Embeddings (CPU, float32) of the latents ``z0[index]`` for a latent semantic
+        encoder, a batch at a time (``z0`` may be a memory-mapped cache)."""
+        device = next(self.semantic_encoder_.parameters()).device
+        size = self.config_.batch_size * 2
         with autocast(device, resolve_precision(self.precision, device)):
             return torch.cat([
-                self.semantic_encoder_(z0[torch.as_tensor(chunk)].to(device)).float().cpu()
-                for chunk in chunks]).numpy()
+                self.semantic_encoder_(z0[torch.as_tensor(index[start:start + size])].to(device))
+                .float().cpu() for start in range(0, len(index), size)])
 
     def _fit_latent_stages(self, z0, dataset, train_index, val_index, device, dtype, seed,
                            checkpoints, loaders, schedule):
