@@ -223,7 +223,7 @@ def brain_age_study(features, columns, images, frame, cv, n_jobs):
             uncorrected["y_true"], uncorrected["y_pred"],
             y_train_mean=train_mean.loc[uncorrected.index, "y_pred"],
             corrected=out_of_fold(corrected, name).loc[uncorrected.index, "y_pred"],
-        )
+        ).rename(index={"prediction": "uncorrected"})
     table = pd.concat(reports, names=["features"]).reset_index()
     return {
         "table": table, "comparisons": comparisons,

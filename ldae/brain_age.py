@@ -85,7 +85,7 @@ class BrainAgeRegressor(RegressorMixin, BaseEstimator):
     bias_intercept_, bias_slope_ : float
         The bias regression of predicted on true age, on the training scans.
     age_mean_ : float
-        Mean training age (the trivial predictor of :func:`brain_age_report`).
+        Mean training age (the trivial predictor of :meth:`report`).
     n_features_in_ : int
         Number of features of ``X``.
 
@@ -179,6 +179,30 @@ class BrainAgeRegressor(RegressorMixin, BaseEstimator):
         age = _as_vector("age", age, len(raw))
         return raw + age - (self.bias_intercept_ + self.bias_slope_ * age)
 
+    def report(self, X, age):
+        """Accuracy and age bias of every kind of prediction on scans of known age.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        age : array-like of shape (n_samples,)
+            True chronological age of every scan.
+
+        Returns
+        -------
+        report : pandas.DataFrame
+            :func:`brain_age_report` with rows ``training mean``, ``uncorrected`` (the
+            raw prediction: judge accuracy on it), ``cole`` (Cole et al. 2018, from X
+            alone) and ``de lange & cole`` (uses the true age: its MAE/R² are
+            optimistic; for brain-age-gap analyses).
+        """
+        raw = self._raw_prediction(X)
+        age = _as_vector("age", age, len(raw))
+        rows = {"uncorrected": raw,
+                "cole": (raw - self.bias_intercept_) / self.bias_slope_,
+                "de lange & cole": raw + age - (self.bias_intercept_ + self.bias_slope_ * age)}
+        return _report(age, self.age_mean_, rows)
+
     def _raw_prediction(self, X):
         check_is_fitted(self)
         X = validate_data(self, X, reset=False)
@@ -218,7 +242,10 @@ def brain_age_report(y_true, y_pred, *, y_train_mean, corrected=None):
     y_true : array-like of shape (n_samples,)
         Chronological age.
     y_pred : array-like of shape (n_samples,)
-        Predicted age, uncorrected.
+        Predicted age. Judge accuracy on uncorrected predictions: those of
+        ``BrainAgeRegressor(correction=None)`` or of its ``estimator_``, not of
+        :meth:`BrainAgeRegressor.predict` with the default Cole correction
+        (:meth:`BrainAgeRegressor.report` labels each kind).
     y_train_mean : float or array-like of shape (n_samples,)
         Mean training age: the prediction of the trivial model that ignores the
         images. Per scan when out-of-fold predictions come from folds with
@@ -230,7 +257,7 @@ def brain_age_report(y_true, y_pred, *, y_train_mean, corrected=None):
     Returns
     -------
     report : pandas.DataFrame
-        Rows ``training mean``, ``uncorrected`` and (if given) ``corrected``; columns
+        Rows ``training mean``, ``prediction`` and (if given) ``corrected``; columns
         ``mae``, ``rmse``, ``r`` (Pearson correlation of prediction and age; NaN for
         a constant prediction), ``r2`` (:func:`sklearn.metrics.r2_score`),
         ``mean_gap`` (mean of predicted minus true age) and ``gap_age_r`` (Pearson
@@ -240,12 +267,16 @@ def brain_age_report(y_true, y_pred, *, y_train_mean, corrected=None):
     train_mean = _as_vector("y_train_mean", np.atleast_1d(y_train_mean))
     if len(train_mean) not in (1, len(y_true)):
         raise InputError(f"y_train_mean: expected one value or {len(y_true)}, got {len(train_mean)}")
-    rows = {"training mean": np.broadcast_to(train_mean, y_true.shape)}
-    rows["uncorrected"] = _as_vector("y_pred", y_pred, len(y_true))
+    rows = {"prediction": _as_vector("y_pred", y_pred, len(y_true))}
     if corrected is not None:
         rows["corrected"] = _as_vector("corrected", corrected, len(y_true))
+    return _report(y_true, train_mean, rows)
+
+
+def _report(age, train_mean, predictions):
+    rows = {"training mean": np.broadcast_to(train_mean, age.shape), **predictions}
     report = pd.DataFrame.from_dict(
-        {name: _accuracy(y_true, prediction) for name, prediction in rows.items()}, orient="index")
+        {name: _accuracy(age, prediction) for name, prediction in rows.items()}, orient="index")
     report.index.name = "prediction"
     return report
 

@@ -27,9 +27,9 @@ def test_report_numbers_equal_hand_computations():
     corrected = predicted + 5
     train_mean = 71.5
     report = brain_age_report(age, predicted, y_train_mean=train_mean, corrected=corrected)
-    assert list(report.index) == ["training mean", "uncorrected", "corrected"]
+    assert list(report.index) == ["training mean", "prediction", "corrected"]
 
-    for name, prediction in (("uncorrected", predicted), ("corrected", corrected)):
+    for name, prediction in (("prediction", predicted), ("corrected", corrected)):
         row = report.loc[name]
         gap = prediction - age
         assert row["mae"] == pytest.approx(np.mean(np.abs(gap)))
@@ -42,7 +42,7 @@ def test_report_numbers_equal_hand_computations():
     baseline = report.loc["training mean"]
     assert baseline["mae"] == pytest.approx(np.mean(np.abs(age - train_mean)))
     assert np.isnan(baseline["r"])
-    assert report.loc["uncorrected", "gap_age_r"] < -0.5  # regression to the mean
+    assert report.loc["prediction", "gap_age_r"] < -0.5  # regression to the mean
 
     per_scan_means = np.where(np.arange(40) < 20, 70.0, 73.0)
     per_fold = brain_age_report(age, predicted, y_train_mean=per_scan_means)
@@ -84,15 +84,31 @@ def test_correction_removes_most_of_the_age_bias_on_new_subjects():
     X, age, groups = make_ages(100)
     train, test = groups < 60, groups >= 60
     model = BrainAgeRegressor().fit(X[train], age[train], groups=groups[train])
-    raw = model.estimator_.predict(X[test])
-    report = brain_age_report(age[test], raw, y_train_mean=model.age_mean_,
-                              corrected=model.predict(X[test]))
-    uncorrected, corrected = report.loc[["uncorrected", "corrected"], "gap_age_r"]
+    report = model.report(X[test], age[test])
+    uncorrected, corrected = report.loc[["uncorrected", "cole"], "gap_age_r"]
     assert uncorrected < -0.5
     assert abs(corrected) < 0.5 * abs(uncorrected)
     # the de Lange & Cole gap is the Cole gap times the slope: same correlation with age
     gap = model.correct(X[test], age[test]) - age[test]
     assert np.corrcoef(gap, age[test])[0, 1] == pytest.approx(corrected)
+    assert report.loc["de lange & cole", "gap_age_r"] == pytest.approx(corrected)
+
+
+def test_report_labels_each_kind_of_prediction_by_what_it_is():
+    # predict() applies Cole's correction by default: the report must not call it uncorrected
+    X, age, groups = make_ages(100)
+    train, test = groups < 60, groups >= 60
+    model = BrainAgeRegressor().fit(X[train], age[train], groups=groups[train])
+    report = model.report(X[test], age[test])
+    assert list(report.index) == ["training mean", "uncorrected", "cole", "de lange & cole"]
+    raw = model.estimator_.predict(X[test])
+    expected = brain_age_report(age[test], raw, y_train_mean=model.age_mean_,
+                                corrected=model.predict(X[test]))
+    assert list(expected.index) == ["training mean", "prediction", "corrected"]
+    np.testing.assert_allclose(report.loc["uncorrected"], expected.loc["prediction"])
+    np.testing.assert_allclose(report.loc["cole"], expected.loc["corrected"])
+    assert report.loc["training mean", "mae"] == pytest.approx(
+        np.abs(age[test] - age[train].mean()).mean())
 
 
 def test_test_fold_ages_do_not_change_the_fitted_correction():
