@@ -104,3 +104,22 @@ def test_a_step_with_nan_gradients_is_skipped_and_the_stage_continues_in_fp32():
     train_stage(Stage("representation", step, lambda b, g: 0.0, {}, epochs=1), [torch.ones(3, 2)],
                 generator=torch.Generator())
     assert in_bf16[-1] is True
+
+
+def test_the_progress_bar_moves_with_every_batch_inside_an_epoch(monkeypatch, capsys):
+    # a long epoch must give feedback before it ends, not only once per epoch
+    from ldae.training import loop
+
+    monkeypatch.setattr(loop, "PROGRESS_SECONDS", 0.0)
+    seen = []
+
+    def step(batch, generator):
+        seen.append(capsys.readouterr().err)
+        return 1.0
+
+    stage = loop.Stage("diffusion", step, lambda batch, generator: 0.0, {}, epochs=2)
+    loop.train_stage(stage, [torch.ones(1)] * 3, generator=torch.Generator(), verbose=1)
+    seen.append(capsys.readouterr().err)
+    # before the 2nd and 3rd batch of the first epoch, the bar already counts 1 and 2 batches
+    assert "1/6" in seen[1] and "2/6" in seen[2]
+    assert "6/6" in seen[-1] and "epoch=2/2" in seen[-1]

@@ -16,6 +16,8 @@ from .device import fall_back_to_fp32
 
 CHECKPOINT_SECONDS = 300.0
 """Default time between periodic checkpoints of a stage in progress."""
+PROGRESS_SECONDS = 0.5
+"""Least time between two redraws of a stage's progress bar."""
 
 
 class TrainingDivergedError(LDAEError, FloatingPointError):
@@ -107,7 +109,8 @@ def train_stage(stage, train_loader, val_loader=None, *, generator, checkpoints=
         generator and the shuffling generator of ``train_loader``, so a resumed
         stage is bitwise the uninterrupted one.
     verbose : int
-        0: silent; 1 or more: a progress bar with the running loss.
+        0: silent; 1 or more: a progress bar that moves with every batch (redrawn at
+        most every ``PROGRESS_SECONDS``) and shows the epoch and its mean loss.
 
     Returns
     -------
@@ -118,21 +121,27 @@ def train_stage(stage, train_loader, val_loader=None, *, generator, checkpoints=
     fall_back_to_fp32(False)
     start = _resume(stage, generator, train_loader, checkpoints)
     last_saved = time.monotonic()
-    progress = tqdm(range(start, stage.epochs), desc=stage.name,
+    steps = len(train_loader)
+    progress = tqdm(desc=stage.name, unit="batch", total=stage.epochs * steps,
+                    initial=start * steps, mininterval=PROGRESS_SECONDS,
                     disable=not verbose or not distributed.is_main_process(),
-                    initial=start, total=stage.epochs, leave=verbose > 1)
-    for epoch in progress:
+                    leave=verbose > 1)
+    for epoch in range(start, stage.epochs):
         _start_epoch(train_loader, epoch)
-        # Every process checks the same (averaged) loss, so all stop together.
-        losses = [_checked(distributed.mean(stage.step(batch, generator), generator.device),
-                           stage.name, epoch, step) for step, batch in enumerate(train_loader)]
+        losses = []
+        for step, batch in enumerate(train_loader):
+            # Every process checks the same (averaged) loss, so all stop together.
+            losses.append(_checked(distributed.mean(stage.step(batch, generator),
+                                                    generator.device), stage.name, epoch, step))
+            progress.update()
         stage.history["loss"].append(float(sum(losses) / max(len(losses), 1)))
         if val_loader is not None:
             with torch.no_grad():
                 val = [stage.evaluate(batch, generator) for batch in val_loader]
             stage.history["val_loss"].append(
                 distributed.mean(float(sum(val) / max(len(val), 1)), generator.device))
-        progress.set_postfix(loss=f"{stage.history['loss'][-1]:.4f}")
+        progress.set_postfix(epoch=f"{epoch + 1}/{stage.epochs}",
+                             loss=f"{stage.history['loss'][-1]:.4f}")
         done = epoch + 1
         # every process must take the same decision (saving waits at a barrier)
         due = distributed.mean(float(time.monotonic() - last_saved >= checkpoint_seconds),
