@@ -7,6 +7,7 @@ whose other sessions it was trained on.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from numbers import Integral
@@ -349,6 +350,7 @@ def run_study(
     n_jobs=None,
     frozen_encoder=None,
     return_predictions=True,
+    params=None,
 ):
     """Cross-validate several models on exactly the same subject-level splits.
 
@@ -389,6 +391,11 @@ def run_study(
         and report the representation as transductive.
     return_predictions : bool, default=True
         Whether to keep the out-of-fold predictions.
+    params : dict of str to array-like of length n_samples, optional
+        Per-scan metadata routed (scikit-learn metadata routing) to whatever in a
+        model requests it: the training fold's rows to ``fit``, the test fold's rows
+        to the prediction methods, e.g. ``{"frame": cohort_table}`` for a
+        :class:`ldae.site_effects.SiteHarmonizer` after an encoder.
 
     Returns
     -------
@@ -400,6 +407,9 @@ def run_study(
     n_samples = _check_lengths(X, y=y, groups=groups)
     if groups is None:
         raise InputError("groups: a subject identifier per scan is required")
+    params = dict(params or {})
+    _check_lengths(X, **{f"params[{name!r}]": value for name, value in params.items()})
+    _check_params_requested(models, params)
     groups = np.asarray(groups)
     if frozen_encoder is not None:
         X = _encode_once(frozen_encoder, X, n_samples)
@@ -409,7 +419,8 @@ def run_study(
     tasks = [(name, index) for name in models for index in range(len(splits))]
     outcomes = Parallel(n_jobs=n_jobs)(
         delayed(_fit_and_evaluate)(
-            clone(models[name]), X, y, groups, *splits[index], scoring, return_predictions
+            clone(models[name]), X, y, groups, *splits[index], scoring, return_predictions,
+            params,
         )
         for name, index in tasks
     )
@@ -574,7 +585,7 @@ def _normalise_scoring(scoring, estimator):
     return scoring
 
 
-def fit_with_groups(estimator, X, y, groups):
+def fit_with_groups(estimator, X, y, groups, **params):
     """Fit an estimator, passing the subjects to whatever in it requests ``groups``.
 
     The subjects travel by scikit-learn's metadata routing, so the inner splits of
@@ -588,17 +599,68 @@ def fit_with_groups(estimator, X, y, groups):
     X, y : array-like of length n_samples
     groups : array-like of shape (n_samples,) or None
         Subject of every sample; None fits ``estimator.fit(X, y)``.
+    **params
+        Other per-sample metadata, routed the same way (e.g. ``frame`` for a
+        :class:`ldae.site_effects.SiteHarmonizer`).
 
     Returns
     -------
     estimator
         The fitted estimator.
     """
-    if groups is None:
-        return estimator.fit(X, y)
+    metadata = {"groups": None if groups is None else np.asarray(groups), **params}
+    return _routed_call(estimator, "fit", {k: v for k, v in metadata.items() if v is not None},
+                        X, y)
+
+
+def _routed_call(estimator, method, metadata, *args):
+    """``estimator.<method>(*args, **what it requests of metadata)``, under metadata routing."""
+    if not metadata:
+        return getattr(estimator, method)(*args)
     with config_context(enable_metadata_routing=True):
-        routed = get_routing_for_object(estimator).consumes("fit", ["groups"])
-        return estimator.fit(X, y, **({"groups": np.asarray(groups)} if routed else {}))
+        consumed = get_routing_for_object(estimator).consumes(method, list(metadata))
+        return getattr(estimator, method)(*args, **{name: metadata[name] for name in consumed})
+
+
+def _check_params_requested(models, params):
+    requested = set()
+    with config_context(enable_metadata_routing=True):
+        for model in models.values():
+            routing = get_routing_for_object(model)
+            for method in ("fit", *_TestMetadata.METHODS):
+                requested.update(routing.consumes(method, list(params)))
+    unused = sorted(set(params) - requested)
+    if unused:
+        raise InputError(f"params: no model requests {unused} (scikit-learn metadata routing: "
+                         "set_fit_request / set_transform_request on the step that reads it)")
+
+
+class _TestMetadata:
+    """A fitted model whose prediction methods receive one test fold's metadata.
+
+    scikit-learn's scorers call ``predict``/``predict_proba``/... with X alone; this
+    proxy routes the fold's rows of ``run_study(params=...)`` to them.
+    """
+
+    METHODS = ("predict", "predict_proba", "predict_log_proba", "decision_function", "transform")
+
+    def __init__(self, estimator, metadata):
+        self._estimator = estimator
+        self._metadata = metadata
+
+    def __getattr__(self, name):
+        if name.startswith("__") or name not in self.METHODS:
+            return getattr(self._estimator, name)
+        method = getattr(self._estimator, name)  # AttributeError for a method the model lacks
+
+        @functools.wraps(method)  # scorers call the response method by its __name__
+        def routed(X):
+            return _routed_call(self._estimator, name, self._metadata, X)
+
+        return routed
+
+    def __sklearn_tags__(self):
+        return self._estimator.__sklearn_tags__()
 
 
 def grouped_ridge():
@@ -616,12 +678,16 @@ def grouped_ridge():
     return RidgeCV(alphas=RIDGE_ALPHAS, cv=GroupKFold(INNER_SPLITS))
 
 
-def _fit_and_evaluate(estimator, X, y, groups, train, test, scoring, with_predictions):
+def _fit_and_evaluate(estimator, X, y, groups, train, test, scoring, with_predictions, params):
     X_train, X_test = _safe_indexing(X, train), _safe_indexing(X, test)
     y_train, y_test = _safe_indexing(y, train), _safe_indexing(y, test)
     start = time.perf_counter()
-    fit_with_groups(estimator, X_train, y_train, groups[train])
+    fit_with_groups(estimator, X_train, y_train, groups[train],
+                    **{name: _safe_indexing(value, train) for name, value in params.items()})
     fit_time = time.perf_counter() - start
+    if params:
+        estimator = _TestMetadata(estimator, {name: _safe_indexing(value, test)
+                                              for name, value in params.items()})
     # The multi-metric scorer caches predictions shared by several metrics.
     scores = check_scoring(estimator, scoring=scoring)(estimator, X_test, y_test)
     score_time = time.perf_counter() - start - fit_time

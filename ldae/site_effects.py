@@ -45,6 +45,13 @@ class SiteHarmonizer(TransformerMixin, BaseEstimator):
     ``cross_validate``, each fold fits it on its training scans only, and test
     scans are adjusted with those coefficients, without metadata routing.
 
+    After a step that returns only the embedding (an :class:`ldae.LDAEEncoder` in a
+    pipeline), the site and covariate columns come as metadata instead: ``frame``,
+    the scans' table, is requested by ``fit`` and ``transform``, so a pipeline with
+    metadata routing enabled passes it to this step (as ``groups`` reaches the
+    encoder); :func:`ldae.model_selection.run_study` routes it per fold with
+    ``params={"frame": table}``.
+
     Parameters
     ----------
     site : str, default="site"
@@ -74,27 +81,38 @@ class SiteHarmonizer(TransformerMixin, BaseEstimator):
     [6.0, 7.0, 6.0, 7.0]
     """
 
+    # requested by default: a pipeline with metadata routing passes the scans' table
+    __metadata_request__fit = {"frame": True}
+    __metadata_request__transform = {"frame": True}
+
     def __init__(self, site="site", covariates=()):
         self.site = site
         self.covariates = covariates
 
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, frame=None):
         """Estimate each site's additive effect on each embedding column.
 
         Parameters
         ----------
-        X : DataFrame of shape (n_scans, n_columns)
-            Embedding columns, the site column and the covariate columns.
+        X : DataFrame of shape (n_scans, n_columns) or array of shape (n_scans, n_features)
+            Embedding columns, the site column and the covariate columns; or, with
+            ``frame``, the embedding alone.
         y : ignored
+        frame : DataFrame of shape (n_scans, ...), optional
+            One row per scan of ``X``, holding the site and covariate columns.
 
         Returns
         -------
         self : SiteHarmonizer
         """
         covariates = self._covariate_names()
+        given, X = X, self._joined(X, frame, [self.site, *covariates])
         self._check_frame(X, [self.site, *covariates])
-        self.feature_names_in_ = np.asarray(X.columns, dtype=object)
-        self.n_features_in_ = X.shape[1]
+        self.n_features_in_ = np.shape(given)[1]
+        if isinstance(given, pd.DataFrame):
+            self.feature_names_in_ = np.asarray(given.columns, dtype=object)
+        elif hasattr(self, "feature_names_in_"):
+            del self.feature_names_in_
         self.embedding_columns_ = [column for column in X.columns
                                    if column != self.site and column not in covariates]
         embedding = self._embedding(X)
@@ -114,20 +132,23 @@ class SiteHarmonizer(TransformerMixin, BaseEstimator):
                                           columns=self.embedding_columns_)
         return self
 
-    def transform(self, X):
+    def transform(self, X, frame=None):
         """Subtract the site effects learned in ``fit``.
 
         Parameters
         ----------
-        X : DataFrame
+        X : DataFrame or array of shape (n_scans, n_features)
             The embedding columns and the site column (covariate columns may be
-            present; they are not used).
+            present; they are not used); or, with ``frame``, the embedding alone.
+        frame : DataFrame of shape (n_scans, ...), optional
+            One row per scan of ``X``, holding the site column.
 
         Returns
         -------
         ndarray of shape (n_scans, n_embedding_columns)
         """
         check_is_fitted(self)
+        X = self._joined(X, frame, [self.site])
         self._check_frame(X, [self.site, *self.embedding_columns_])
         unknown = sorted(set(X[self.site]) - set(self.sites_), key=str)
         if unknown:
@@ -135,6 +156,20 @@ class SiteHarmonizer(TransformerMixin, BaseEstimator):
                              f"(known: {list(self.sites_)})")
         effects = self.site_effects_.loc[X[self.site].to_numpy()].to_numpy()
         return self._embedding(X) - effects
+
+    def fit_transform(self, X, y=None, frame=None):
+        """Fit, then harmonise the same scans (``frame`` reaches both steps).
+
+        Parameters
+        ----------
+        X, y, frame
+            As for :meth:`fit`.
+
+        Returns
+        -------
+        ndarray of shape (n_scans, n_embedding_columns)
+        """
+        return self.fit(X, y, frame=frame).transform(X, frame=frame)
 
     def get_feature_names_out(self, input_features=None):
         """Names of the returned columns: the embedding columns.
@@ -155,11 +190,35 @@ class SiteHarmonizer(TransformerMixin, BaseEstimator):
             return [self.covariates]
         return list(self.covariates)
 
+    def _joined(self, X, frame, columns):
+        """X with ``columns`` of ``frame`` beside it (X unchanged without a frame)."""
+        if frame is None:
+            return X
+        if not isinstance(frame, pd.DataFrame):
+            raise InputError(f"frame must be a pandas DataFrame of the scans' {self.site!r} "
+                             f"and covariate columns; got {type(frame).__name__}")
+        missing = [column for column in columns if column not in frame.columns]
+        if missing:
+            raise InputError(f"frame lacks the columns {missing}")
+        if not isinstance(X, pd.DataFrame):
+            X = np.asarray(X)
+            if X.ndim != 2:
+                raise InputError(f"X must be a 2-D embedding; got shape {X.shape}")
+            X = pd.DataFrame(X, columns=[f"x{j}" for j in range(X.shape[1])])
+        if len(frame) != len(X):
+            raise InputError(f"frame has {len(frame)} rows but X has {len(X)} scans")
+        clashes = sorted(set(columns) & set(X.columns))
+        if clashes:
+            raise InputError(f"X and frame both hold the columns {clashes}")
+        return pd.concat([X.reset_index(drop=True), frame[columns].reset_index(drop=True)],
+                         axis=1)
+
     def _check_frame(self, X, required):
         if not isinstance(X, pd.DataFrame):
             raise InputError(
                 f"X must be a pandas DataFrame of embedding columns plus the site column "
-                f"{self.site!r}; got {type(X).__name__}")
+                f"{self.site!r} (or the embedding with frame=, the scans' table, beside it); "
+                f"got {type(X).__name__}")
         missing = [column for column in required if column not in X.columns]
         if missing:
             raise InputError(f"X lacks the columns {missing}")

@@ -6,7 +6,7 @@ import pytest
 from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.model_selection import GroupKFold, cross_validate
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 from ldae.datasets import make_synthetic_cohort
 from ldae.exceptions import InputError
@@ -111,3 +111,52 @@ def test_transform_output_and_bad_input():
         SiteHarmonizer().fit(scans)  # sex is neither numeric nor declared a covariate
     with pytest.raises(InputError, match="two sites"):
         site_prediction_score(np.zeros((4, 2)), ["A"] * 4, [0, 1, 2, 3])
+
+
+def test_harmoniser_after_an_embedding_step_gets_the_site_by_metadata_routing():
+    from sklearn import config_context
+    from sklearn.decomposition import PCA
+
+    scans, subject = site_table()
+    embedding = scans[["e0", "e1", "e2", "e3"]].to_numpy()
+    train, test = subject < 30, subject >= 30
+    pipeline = make_pipeline(PCA(3), SiteHarmonizer(covariates=["age"]))
+    with config_context(enable_metadata_routing=True):
+        pipeline.fit(embedding[train], frame=scans[train])
+        harmonised = pipeline.transform(embedding[test], frame=scans[test])
+        # the same as harmonising the PCA scores with site and age as columns
+        scores = pd.DataFrame(pipeline[0].transform(embedding), columns=["x0", "x1", "x2"])
+        direct = SiteHarmonizer(covariates=["age"]).fit(
+            scores[train].assign(site=scans.site[train].to_numpy(), age=scans.age[train].to_numpy()))
+        np.testing.assert_allclose(harmonised, direct.transform(
+            scores[test].assign(site=scans.site[test].to_numpy())))
+        assert pipeline[1].n_features_in_ == 3 and not hasattr(pipeline[1], "feature_names_in_")
+        with pytest.raises(InputError, match="frame="):
+            pipeline.transform(embedding[test])
+        with pytest.raises(InputError, match=r"frame lacks the columns \['age'\]"):
+            pipeline.fit(embedding[train], frame=scans[train].drop(columns="age"))
+
+
+def test_run_study_routes_the_scans_table_to_a_harmoniser_after_ldae():
+    from ldae import LDAEEncoder
+    from ldae.model_selection import run_study
+
+    cohort = make_synthetic_cohort(18, shape=(32, 40, 32), random_state=1)
+    frame = cohort.frame
+    is_ad = (frame.diagnosis != "CN").to_numpy().astype(int)
+    pipeline = make_pipeline(
+        LDAEEncoder(preset="tiny", ae_epochs=1, diffusion_epochs=1, representation_epochs=1,
+                    random_state=0),
+        SiteHarmonizer(covariates=["age"]), StandardScaler(), LogisticRegression())
+    study = run_study({"harmonised LDAE": pipeline}, cohort.images, is_ad,
+                      groups=frame.subject, cv=3, scoring="roc_auc", params={"frame": frame})
+    assert len(study.scores) == 3 and study.scores.roc_auc.between(0, 1).all()
+    # without the table the harmoniser cannot find the sites
+    flat = make_pipeline(FunctionTransformer(lambda images: images.reshape(len(images), -1)[:, :50]),
+                         SiteHarmonizer(), LogisticRegression())
+    with pytest.raises(InputError, match="frame="):
+        run_study({"harmonised voxels": flat}, cohort.images, is_ad, groups=frame.subject,
+                  cv=2, scoring="roc_auc")
+    with pytest.raises(InputError, match=r"no model requests \['sites'\]"):
+        run_study({"harmonised voxels": flat}, cohort.images, is_ad, groups=frame.subject,
+                  cv=2, scoring="roc_auc", params={"frame": frame, "sites": frame.site})
