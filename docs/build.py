@@ -1,125 +1,71 @@
-"""Build the API reference of ldae from its docstrings, offline, with pdoc.
+"""Build the documentation site offline with Sphinx, failing on any warning.
 
-    python docs/build.py [--output site/api]
+    python docs/build.py [--output site] [--no-gallery]
 
-Renders every public module of the package (numpy-style docstrings) to HTML and
-reports, as warnings, what pdoc warns about and every public name without a
-docstring. Exits 1 when there is any warning, so CI catches them. The guide pages
-(docs/*.md) are Markdown read as they are; the API reference links them.
+The site holds the user guide (docs/*.md, docs/guide/*.md, read by MyST), the API
+reference generated from the numpydoc docstrings (every public module, listed in
+docs/api.rst), the benchmark pages and the gallery: every script examples/plot_*.py runs
+during the build (sphinx-gallery) and its output and figures are rendered into its page.
+A warning, a public object without a docstring (numpydoc's GL08 check) or a failing
+example fails the build (exit status 1). ``--no-gallery`` skips running the examples.
 """
 
 import argparse
 import importlib
 import pkgutil
 import sys
-import warnings
 from pathlib import Path
 
-import pdoc
-import pdoc.doc
-import pdoc.render
-
+DOCS = Path(__file__).resolve().parent
 PACKAGE = "ldae"
-DOCUMENTED = (pdoc.doc.Class, pdoc.doc.Function)
-# pdoc walks a subpackage without __all__ by itself and then meets its modules
-# again in the explicit list: harmless, one page each
-DUPLICATE = "but a module with this name has already been added"
 
 
-def package_modules():
-    """Names of the package and of all its public submodules, imported.
-
-    Listed explicitly: pdoc would otherwise show only the submodules named in the
-    package's ``__all__``. Names that a package exports lazily (a module
-    ``__getattr__``) are resolved so that pdoc finds them.
+def public_modules():
+    """Names of the package and of every public submodule (no ``_`` in the dotted name).
 
     Returns
     -------
     list of str
     """
     package = importlib.import_module(PACKAGE)
-    names = [PACKAGE]
-    for info in pkgutil.walk_packages(package.__path__, prefix=f"{PACKAGE}."):
-        if any(part.startswith("_") for part in info.name.split(".")):
-            continue
-        names.append(info.name)
-    for name in names:
-        module = importlib.import_module(name)
-        for exported in getattr(module, "__all__", ()):
-            if exported not in vars(module):
-                setattr(module, exported, getattr(module, exported))
-    return names
+    return [PACKAGE] + [info.name for info in pkgutil.walk_packages(package.__path__,
+                                                                   prefix=f"{PACKAGE}.")
+                        if not any(part.startswith("_") for part in info.name.split("."))]
 
 
-def public_names(module_names):
-    """Every public function and class of the given modules (and the public
-    methods of those classes), with its documentation object.
-
-    A module's public names are its ``__all__`` when it defines one, else the
-    names it defines that do not start with an underscore. Constants are left
-    out: Python gives them no docstring.
-
-    Parameters
-    ----------
-    module_names : iterable of str
-
-    Returns
-    -------
-    dict of str to pdoc.doc.Doc
-        Fully qualified name -> documentation object.
-    """
-    names = {}
-    for module_name in module_names:
-        module = pdoc.doc.Module.from_name(module_name)
-        for member in module.members.values():
-            if member.name.startswith("_") or not isinstance(member, DOCUMENTED):
-                continue
-            if getattr(member, "taken_from", (module_name,))[0] != module_name and \
-                    member.name not in getattr(module.obj, "__all__", ()):
-                continue
-            names[member.fullname] = member
-            if isinstance(member, pdoc.doc.Class):
-                for method in member.own_members:
-                    if not method.name.startswith("_") and isinstance(method, DOCUMENTED):
-                        names[method.fullname] = method
-    return names
-
-
-def build(output):
-    """Render the API reference into ``output`` and return the list of warnings.
+def build(output, *, gallery=True, source=DOCS):
+    """Build the HTML site of ``source`` into ``output``.
 
     Parameters
     ----------
     output : str or Path
-        Folder receiving the HTML pages (``ldae.html``, ``ldae/*.html``, ``index.html``).
+        Folder receiving the site (``index.html`` at its root).
+    gallery : bool, default=True
+        Run the examples; False renders the gallery pages without running them.
+    source : str or Path, default=the docs folder
 
     Returns
     -------
-    list of str
-        pdoc's warnings and one line per public name without a docstring.
+    int
+        0 when the build succeeded without any warning, else non-zero.
     """
-    pdoc.render.configure(docformat="numpy", footer_text=f"{PACKAGE} API reference")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        modules = package_modules()
-        pdoc.pdoc(*modules, output_directory=Path(output))
-        names = public_names(modules)
-    messages = [f"pdoc: {warning.message}" for warning in caught
-                if "pdoc" in warning.filename and DUPLICATE not in str(warning.message)]
-    messages += [f"missing docstring: {name}" for name, doc in sorted(names.items())
-                 if not doc.docstring.strip()]
-    return messages
+    from sphinx.cmd.build import build_main
+
+    arguments = ["-W", "--keep-going", "-q", "-b", "html", "-d", str(Path(output) / ".doctrees")]
+    if not gallery:
+        arguments += ["-D", "sphinx_gallery_conf.plot_gallery=0"]
+    return build_main([*arguments, str(source), str(output)])
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", default="site/api", help="folder of the HTML reference")
+    parser.add_argument("--output", default="site", help="folder of the HTML site (default: site)")
+    parser.add_argument("--no-gallery", action="store_true", help="do not run the examples")
     args = parser.parse_args(argv)
-    messages = build(args.output)
-    for message in messages:
-        print(f"warning: {message}", file=sys.stderr)
-    print(f"API reference written to {args.output}/index.html ({len(messages)} warnings)")
-    return 1 if messages else 0
+    status = build(args.output, gallery=not args.no_gallery)
+    if status == 0:
+        print(f"site: {Path(args.output).resolve() / 'index.html'}")
+    return status
 
 
 if __name__ == "__main__":

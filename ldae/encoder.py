@@ -150,7 +150,7 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
         World (MNI mm) affine of the model grid; every output image carries it, so
         reconstructions and generated scans overlay on the inputs in any viewer.
     scale_factor_ : float
-        1 / std of the training latents (z0 = scale_factor_ * latent).
+        1 / std of the training latents (``z0 = scale_factor_ * latent``).
     autoencoder_, unet_, semantic_encoder_, estimator_ : torch.nn.Module
         The trained networks (the EMA weights for the last three).
     history_ : dict

@@ -248,7 +248,7 @@ def interpolate_codes(y_start, y_end, x_start, x_end, t):
     Parameters
     ----------
     y_start, y_end : torch.Tensor of shape (n, embedding_dim)
-    x_start, x_end : torch.Tensor of shape (n, *latent_shape)
+    x_start, x_end : torch.Tensor of shape (n, C, d, h, w)
     t : torch.Tensor of shape (n,)
         Position of each pair in [0, 1].
 
@@ -384,7 +384,7 @@ def decode_codes(encoder, x_T, y, steps):
     ----------
     encoder : LDAEEncoder
         Fitted.
-    x_T : torch.Tensor of shape (n, *latent_shape)
+    x_T : torch.Tensor of shape (n, C, d, h, w)
     y : torch.Tensor of shape (n, embedding_dim)
     steps : int
         DDIM steps.

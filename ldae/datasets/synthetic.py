@@ -139,7 +139,7 @@ default=None
     Returns
     -------
     sklearn.utils.Bunch
-        images : ndarray of shape (n_scans, *shape)
+        images : ndarray of shape (n_scans, D, H, W)
             float32 intensities in [0, 1], held in memory (4 bytes per voxel).
         frame : pandas.DataFrame
             One row per scan: subject (``sub-001``), session (``ses-M00``), months, age
