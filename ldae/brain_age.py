@@ -153,9 +153,7 @@ class BrainAgeRegressor(RegressorMixin, BaseEstimator):
             with ``correction=None``, the raw prediction.
         """
         raw = self._raw_prediction(X)
-        if self.correction == "cole":
-            return (raw - self.bias_intercept_) / self.bias_slope_
-        return raw
+        return self._cole(raw) if self.correction == "cole" else raw
 
     def correct(self, X, age):
         """Brain age corrected with the scans' true ages (de Lange & Cole 2020).
@@ -176,8 +174,7 @@ class BrainAgeRegressor(RegressorMixin, BaseEstimator):
         age : ndarray of shape (n_samples,)
         """
         raw = self._raw_prediction(X)
-        age = _as_vector("age", age, len(raw))
-        return raw + age - (self.bias_intercept_ + self.bias_slope_ * age)
+        return self._de_lange(raw, _as_vector("age", age, len(raw)))
 
     def report(self, X, age):
         """Accuracy and age bias of every kind of prediction on scans of known age.
@@ -198,10 +195,15 @@ class BrainAgeRegressor(RegressorMixin, BaseEstimator):
         """
         raw = self._raw_prediction(X)
         age = _as_vector("age", age, len(raw))
-        rows = {"uncorrected": raw,
-                "cole": (raw - self.bias_intercept_) / self.bias_slope_,
-                "de lange & cole": raw + age - (self.bias_intercept_ + self.bias_slope_ * age)}
+        rows = {"uncorrected": raw, "cole": self._cole(raw),
+                "de lange & cole": self._de_lange(raw, age)}
         return _report(age, self.age_mean_, rows)
+
+    def _cole(self, raw):
+        return (raw - self.bias_intercept_) / self.bias_slope_
+
+    def _de_lange(self, raw, age):
+        return raw + age - (self.bias_intercept_ + self.bias_slope_ * age)
 
     def _raw_prediction(self, X):
         check_is_fitted(self)
