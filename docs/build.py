@@ -13,6 +13,7 @@ example fails the build (exit status 1). ``--no-gallery`` skips running the exam
 import argparse
 import importlib
 import pkgutil
+import shutil
 import sys
 from pathlib import Path
 
@@ -34,7 +35,11 @@ def public_modules():
 
 
 def build(output, *, gallery=True, source=DOCS):
-    """Build the HTML site of ``source`` into ``output``.
+    """Build the HTML site of ``source`` into ``output``, from scratch.
+
+    The API stubs and the gallery pages of an earlier build are deleted first, so every
+    example runs again (sphinx-gallery would otherwise keep the pages of unchanged
+    examples, figures or not).
 
     Parameters
     ----------
@@ -51,6 +56,8 @@ def build(output, *, gallery=True, source=DOCS):
     """
     from sphinx.cmd.build import build_main
 
+    for generated in ("generated", "auto_examples"):  # never reuse a previous build's pages
+        shutil.rmtree(Path(source) / generated, ignore_errors=True)
     arguments = ["-W", "--keep-going", "-q", "-b", "html", "-d", str(Path(output) / ".doctrees")]
     if not gallery:
         arguments += ["-D", "sphinx_gallery_conf.plot_gallery=0"]

@@ -24,6 +24,18 @@ prediction = site_prediction_score(embeddings, frame.site, frame.subject, random
 print(prediction.table())
 
 # %%
+# Site prediction per fold, before and after harmonisation, against chance.
+import matplotlib.pyplot as plt
+
+scores = prediction.study.scores
+figure, ax = plt.subplots(figsize=(5, 3.5))
+names = list(scores.model.unique())
+ax.boxplot([scores.balanced_accuracy[scores.model == name] for name in names], tick_labels=names)
+ax.axhline(prediction.chance, color="grey", linestyle=":", label="chance")
+ax.set(ylabel="balanced accuracy of site", title="how much site leaks into the embedding")
+ax.legend()
+
+# %%
 # Harmonisation inside a cross-validated AD study: the scans' table reaches the
 # harmoniser of every fold through ``params``.
 from sklearn.linear_model import LogisticRegression

@@ -39,10 +39,11 @@ def test_every_example_runs_and_shows_its_figures(site):
     assert len(examples) >= MIN_EXAMPLES
     for example in examples:
         page = (site / "auto_examples" / f"{example.stem}.html").read_text()
-        images = re.findall(r'src="(_images/sphx_glr_[^"]+\.png)"', page)
+        images = re.findall(r'src="\.\./(_images/sphx_glr_[^"]+\.png)"', page)
         assert images, f"{example.name} rendered no figure"
         for image in images:
             assert (site / image).stat().st_size > 1000
+        assert "Traceback" not in page
 
 
 @pytest.mark.slow
