@@ -1,6 +1,7 @@
 """Sphinx configuration of the ldae documentation (built offline by ``python docs/build.py``)."""
 
 import os
+import re
 from pathlib import Path
 
 import matplotlib
@@ -92,3 +93,12 @@ html_title = f"ldae {version}"
 html_static_path = []
 html_theme_options = {"description": "Latent Diffusion Autoencoders for 3D brain MRI",
                       "fixed_sidebar": True, "page_width": "1100px"}
+
+
+def _skip_routing_setters(app, what, name, obj, skip, options):
+    """scikit-learn generates set_<method>_request on every estimator; its docs hold them."""
+    return True if re.fullmatch(r"set_\w+_request", name) else None
+
+
+def setup(app):
+    app.connect("autodoc-skip-member", _skip_routing_setters)

@@ -61,7 +61,7 @@ class GenerativeMixin:
 
         Returns
         -------
-        ndarray of shape (n_scans, *latent_shape), float32
+        ndarray of shape (n_scans, C, d, h, w), float32 (the latent shape)
             x_T, in the latent shape (C, d, h, w) of the diffusion model.
         """
         check_is_fitted(self)

@@ -60,9 +60,11 @@ class TemplateAutoencoderKL(AutoencoderKL):
         self.template.copy_(torch.as_tensor(volume).reshape(self.template.shape))
 
     def encode(self, x):
+        """Posterior mean and standard deviation of the latent of ``x`` minus the template."""
         return super().encode(x - self.template.to(x.dtype))
 
     def decode(self, z):
+        """The volume of latent ``z``: the decoded deviation plus the template."""
         decoded = super().decode(z)
         return decoded + self.template.to(decoded.dtype)
 

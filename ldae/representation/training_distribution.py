@@ -54,7 +54,7 @@ class TrainingDistribution:
         return cls(centre, scale, threshold)
 
     def distance(self, embeddings):
-        """Median |robust z| of each embedding (n_scans, n_dims): NaN for a NaN row."""
+        """Median absolute robust z-score of each embedding (n_scans, n_dims): NaN for a NaN row."""
         z = (np.asarray(embeddings, dtype=float) - self.centre) / self.scale
         return np.median(np.abs(z), axis=1)
 
