@@ -31,15 +31,13 @@ import torch
 from sklearn.base import clone
 
 from ldae import LDAEEncoder
-from ldae._files import write_atomically
 from ldae.datasets import make_synthetic_cohort
 from ldae.demo import DEMO_SHAPE, FULL, QUICK
 from ldae.model_selection import markdown_table
 from ldae.probes import PCA_OF_VOXELS, probe_embeddings
 
-from bench_model_quality import _parse_setting
+from bench_model_quality import _parse_setting, write_result
 
-OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
 LDAE, UNTRAINED = "LDAE", "LDAE encoder untrained (control)"
 FEATURES = {LDAE: "LDAE", UNTRAINED: "control", PCA_OF_VOXELS: "PCA"}
 
@@ -138,13 +136,7 @@ def main(argv=None):
               "summary": summarise(runs),
               "machine": {"python": platform.python_version(), "torch": torch.__version__,
                           "threads": torch.get_num_threads(), "cpu": platform.processor()}}
-    name = "demo_probes" + ("_quick" if args.quick else "") + (f"_{args.name}" if args.name else "")
-    OUTPUT.mkdir(parents=True, exist_ok=True)
-    write_atomically(OUTPUT / f"{name}.json", lambda temporary: temporary.write_text(
-        json.dumps(result, indent=2, default=float) + "\n"))
-    markdown = render(result)
-    write_atomically(OUTPUT / f"{name}.md", lambda temporary: temporary.write_text(markdown))
-    print(markdown)
+    write_result("demo_probes", args, result, render)
     return 0
 
 

@@ -103,14 +103,19 @@ def main(argv=None):
               "summary": summary, "load_average_at_end": os.getloadavg(),
               "machine": {"python": platform.python_version(), "torch": torch.__version__,
                           "threads": torch.get_num_threads(), "cpu": platform.processor()}}
-    name = "model_quality" + ("_quick" if args.quick else "") + (f"_{args.name}" if args.name else "")
+    write_result("model_quality", args, result, render)
+    return 0
+
+
+def write_result(stem, args, result, render):
+    """Write docs/benchmarks/<stem>[_quick][_NAME].json and its rendered .md; print the .md."""
+    name = stem + ("_quick" if args.quick else "") + (f"_{args.name}" if args.name else "")
     OUTPUT.mkdir(parents=True, exist_ok=True)
     write_atomically(OUTPUT / f"{name}.json", lambda temporary: temporary.write_text(
         json.dumps(result, indent=2, default=float) + "\n"))
     markdown = render(result)
     write_atomically(OUTPUT / f"{name}.md", lambda temporary: temporary.write_text(markdown))
     print(markdown)
-    return 0
 
 
 def _parse_setting(text):
