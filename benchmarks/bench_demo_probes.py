@@ -36,7 +36,7 @@ from ldae.demo import DEMO_SHAPE, FULL, QUICK
 from ldae.model_selection import markdown_table
 from ldae.probes import PCA_OF_VOXELS, probe_embeddings
 
-from bench_model_quality import _parse_setting, write_result
+from bench_model_quality import parse_setting, write_result
 
 LDAE, UNTRAINED = "LDAE", "LDAE encoder untrained (control)"
 FEATURES = {LDAE: "LDAE", UNTRAINED: "control", PCA_OF_VOXELS: "PCA"}
@@ -121,7 +121,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else FULL
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
-    overrides = dict(map(_parse_setting, args.set))
+    overrides = dict(map(parse_setting, args.set))
     runs = []
     for seed in seeds:
         runs.append(run_seed(seed, settings, overrides, args.checkpoints))

@@ -86,7 +86,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     subjects = args.subjects or (20 if args.quick else 80)
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
-    overrides = {**(QUICK_OVERRIDES if args.quick else {}), **dict(map(_parse_setting, args.set))}
+    overrides = {**(QUICK_OVERRIDES if args.quick else {}), **dict(map(parse_setting, args.set))}
 
     runs = []
     for seed in seeds:
@@ -118,7 +118,7 @@ def write_result(stem, args, result, render):
     print(markdown)
 
 
-def _parse_setting(text):
+def parse_setting(text):
     key, _, value = text.partition("=")
     try:
         return key, ast.literal_eval(value)

@@ -1,6 +1,5 @@
 """Sphinx configuration of the ldae documentation (built offline by ``python docs/build.py``)."""
 
-import os
 import re
 from pathlib import Path
 
@@ -9,8 +8,6 @@ import matplotlib
 import ldae
 
 matplotlib.use("agg")
-# the gallery's scripts run with two torch threads on a shared CI machine
-os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 project = "ldae"
 author = "ldae developers"

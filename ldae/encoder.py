@@ -340,14 +340,14 @@ class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerM
                                     checkpoints, loaders, schedule)
             self.autoencoder_ = _frozen(autoencoder)
             self.training_distribution_ = TrainingDistribution.of(
-                self._training_embeddings(z0, dataset, train_index))
+                self._embed_scans(z0, dataset, train_index))
 
-    def _training_embeddings(self, z0, dataset, train_index):
-        """Embeddings of the training scans (from their cached latents for a latent encoder)."""
+    def _embed_scans(self, z0, dataset, index):
+        """Embeddings (float32) of the scans ``index`` of ``dataset`` whose scaled latents
+        are ``z0``: a latent encoder reads ``z0``, so the autoencoder does not run again."""
         if self.config_.semantic_encoder != "latent":
-            return torch.cat(list(self._batches(Subset(dataset, train_index),
-                                                self._embed_batch))).numpy()
-        return self._embed_latents(z0, train_index).numpy()
+            return torch.cat(list(self._batches(Subset(dataset, index), self._embed_batch))).numpy()
+        return self._embed_latents(z0, index).numpy()
 
     @torch.no_grad()
     def _embed_latents(self, z0, index):

@@ -365,10 +365,7 @@ def _is_array_input(X):
 def _scan_codes(encoder, dataset, steps):
     """Embeddings y and stochastic codes x_T of the scans of a dataset (CPU tensors)."""
     z0 = torch.cat(list(encoder._batches(dataset, encoder._latent_batch)))
-    if encoder.config_.semantic_encoder == "latent":  # y from the same latents: one encoding
-        y = encoder._embed_latents(z0, np.arange(len(z0)))
-    else:
-        y = torch.from_numpy(encoder._embed_dataset(dataset))
+    y = torch.from_numpy(encoder._embed_scans(z0, dataset, np.arange(len(z0))))
     schedule = NoiseSchedule()
 
     def encode(z, codes):

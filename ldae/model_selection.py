@@ -649,7 +649,7 @@ class _TestMetadata:
         self._metadata = metadata
 
     def __getattr__(self, name):
-        if name.startswith("__") or name not in self.METHODS:
+        if name not in self.METHODS:
             return getattr(self._estimator, name)
         method = getattr(self._estimator, name)  # AttributeError for a method the model lacks
 

@@ -1,4 +1,5 @@
-"""LDAEEncoder as a scikit-learn transformer: API conformance, persistence, resume."""
+"""LDAEEncoder as a scikit-learn transformer: API conformance, persistence, resume
+(scikit-learn's own checks: tests/test_sklearn_checks.py)."""
 
 import pickle
 
@@ -13,7 +14,6 @@ from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, GroupKFold, StratifiedGroupKFold, cross_validate
 from sklearn.pipeline import Pipeline
-from sklearn.utils.estimator_checks import estimator_checks_generator
 
 from ldae import LDAEEncoder
 from ldae.datasets import make_synthetic_cohort
@@ -36,86 +36,6 @@ def fitted(cohort):
 
 
 # ---------------------------------------------------------------- conformance
-
-
-class _EncoderWithTabularTags(LDAEEncoder):
-    """LDAEEncoder presented as accepting 2D X.
-
-    scikit-learn runs no check at all for an estimator whose tags say it does not
-    take 2D arrays; flipping that one tag makes every check run. The checks that
-    then fail do so because they feed tabular data, which LDAEEncoder rejects with
-    an InputError: they are listed in EXPECTED_FAILURES, the rest must pass.
-    """
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.two_d_array = True
-        return tags
-
-
-TABULAR = "feeds 2D tabular X; LDAEEncoder takes 3D volumes and rejects it with InputError"
-EXPECTED_FAILURES = {
-    name: TABULAR
-    for name in [
-        "check_fit_score_takes_y",
-        "check_estimators_overwrite_params",
-        "check_dont_overwrite_parameters",
-        "check_estimators_fit_returns_self",
-        "check_readonly_memmap_input",
-        "check_n_features_in_after_fitting",
-        "check_positive_only_tag_during_fit",
-        "check_estimators_dtypes",
-        "check_dtype_object",
-        "check_fit_check_is_fitted",
-        "check_transformer_general",
-        "check_transformers_unfitted_stateless",
-        "check_transformer_data_not_an_array",
-        "check_transformer_preserve_dtypes",
-        "check_methods_sample_order_invariance",
-        "check_methods_subset_invariance",
-        "check_fit2d_1sample",
-        "check_fit2d_1feature",
-        "check_dict_unchanged",
-        "check_fit_idempotent",
-        "check_n_features_in",
-        "check_fit2d_predict1d",
-        "check_estimators_nan_inf",
-        "check_estimators_pickle",
-        "check_f_contiguous_array_estimator",
-        "check_set_output_transform",
-        "check_global_output_transform_pandas",
-        "check_global_set_output_transform_polars",
-        "check_set_output_transform_pandas",
-        "check_set_output_transform_polars",
-        "check_pipeline_consistency",
-        "check_estimators_empty_data_messages",
-    ]
-}
-
-
-# scikit-learn skips this one by itself unless SCIPY_ARRAY_API is set; LDAEEncoder
-# converts every input to numpy volumes, so there is nothing array-API specific to check.
-NOT_APPLICABLE = {"check_array_api_input"}
-
-
-def _check_name(check):
-    return getattr(check, "func", check).__name__
-
-
-def _sklearn_checks():
-    for estimator, check in estimator_checks_generator(
-            _EncoderWithTabularTags(**FAST, random_state=0), legacy=True):
-        name = _check_name(check)
-        if name in NOT_APPLICABLE:
-            continue
-        marks = ([pytest.mark.xfail(reason=EXPECTED_FAILURES[name], strict=True)]
-                 if name in EXPECTED_FAILURES else [])
-        yield pytest.param(estimator, check, marks=marks, id=name)
-
-
-@pytest.mark.parametrize("estimator, check", list(_sklearn_checks()))
-def test_sklearn_checks(estimator, check):
-    check(estimator)
 
 
 def test_clone_and_no_attributes_set_in_init():

@@ -18,6 +18,8 @@ from ldae.quality_control import QualityControl
 from ldae.retrieval import SimilarScans
 from ldae.site_effects import SiteHarmonizer
 
+FAST = dict(preset="tiny", ae_epochs=1, diffusion_epochs=1, representation_epochs=1,
+            random_state=0)
 _SITE = ("needs the site: a DataFrame with a site column, or the scans' table routed as "
          "frame=; the check passes a bare array and gets the InputError that says so")
 _GROUPS = ("needs the subject of every sample (groups=, routed by metadata routing); the check "
@@ -62,33 +64,95 @@ EXPECTED_FAILED_CHECKS = {
 NOT_APPLICABLE = {"check_array_api_input"}
 
 
-def _checks():
-    for estimator in (SiteHarmonizer(), MixedEffectsRegressor(), QualityControl(random_state=0),
-                      BrainAgeRegressor(), SimilarScans()):
-        expected = EXPECTED_FAILED_CHECKS.get(type(estimator).__name__, {})
-        for item in estimator_checks_generator(
-                estimator, legacy=True, expected_failed_checks=expected, mark="xfail"):
-            # an expected failure comes as a pytest.param carrying its xfail mark
-            check = item.values[1] if hasattr(item, "values") else item[1]
-            if getattr(check, "func", check).__name__ not in NOT_APPLICABLE:
-                yield item
+def _checks(estimator, expected_failures):
+    """scikit-learn's checks of ``estimator``, the declared failures as strict xfails."""
+    for estimator, check in estimator_checks_generator(estimator, legacy=True):
+        name = getattr(check, "func", check).__name__
+        if name in NOT_APPLICABLE:
+            continue
+        marks = ([pytest.mark.xfail(reason=expected_failures[name], strict=True)]
+                 if name in expected_failures else [])
+        yield pytest.param(estimator, check, marks=marks, id=f"{type(estimator).__name__}-{name}")
 
 
-@pytest.mark.parametrize("estimator, check", list(_checks()),
-                         ids=lambda value: getattr(value, "__name__", None)
-                         or getattr(getattr(value, "func", None), "__name__", None)
-                         or type(value).__name__)
+ANALYSIS_ESTIMATORS = (SiteHarmonizer(), MixedEffectsRegressor(), QualityControl(random_state=0),
+                       BrainAgeRegressor(), SimilarScans())
+
+
+@pytest.mark.parametrize("estimator, check", [
+    param for estimator in ANALYSIS_ESTIMATORS
+    for param in _checks(estimator, EXPECTED_FAILED_CHECKS.get(type(estimator).__name__, {}))])
 def test_sklearn_checks_of_the_analysis_estimators(estimator, check):
+    check(estimator)
+
+
+class _EncoderWithTabularTags(LDAEEncoder):
+    """LDAEEncoder presented as accepting 2D X.
+
+    scikit-learn runs no check at all for an estimator whose tags say it does not
+    take 2D arrays; flipping that one tag makes every check run. The checks that
+    then fail do so because they feed tabular data, which LDAEEncoder rejects with
+    an InputError: they are listed in TABULAR_EXPECTED_FAILURES, the rest must pass.
+    """
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = True
+        return tags
+
+
+TABULAR = "feeds 2D tabular X; LDAEEncoder takes 3D volumes and rejects it with InputError"
+TABULAR_EXPECTED_FAILURES = {
+    name: TABULAR
+    for name in [
+        "check_fit_score_takes_y",
+        "check_estimators_overwrite_params",
+        "check_dont_overwrite_parameters",
+        "check_estimators_fit_returns_self",
+        "check_readonly_memmap_input",
+        "check_n_features_in_after_fitting",
+        "check_positive_only_tag_during_fit",
+        "check_estimators_dtypes",
+        "check_dtype_object",
+        "check_fit_check_is_fitted",
+        "check_transformer_general",
+        "check_transformers_unfitted_stateless",
+        "check_transformer_data_not_an_array",
+        "check_transformer_preserve_dtypes",
+        "check_methods_sample_order_invariance",
+        "check_methods_subset_invariance",
+        "check_fit2d_1sample",
+        "check_fit2d_1feature",
+        "check_dict_unchanged",
+        "check_fit_idempotent",
+        "check_n_features_in",
+        "check_fit2d_predict1d",
+        "check_estimators_nan_inf",
+        "check_estimators_pickle",
+        "check_f_contiguous_array_estimator",
+        "check_set_output_transform",
+        "check_global_output_transform_pandas",
+        "check_global_set_output_transform_polars",
+        "check_set_output_transform_pandas",
+        "check_set_output_transform_polars",
+        "check_pipeline_consistency",
+        "check_estimators_empty_data_messages",
+    ]
+}
+
+
+@pytest.mark.parametrize("estimator, check", list(_checks(
+    _EncoderWithTabularTags(preset="tiny", ae_epochs=2, diffusion_epochs=2,
+                            representation_epochs=2, random_state=0),
+    TABULAR_EXPECTED_FAILURES)))
+def test_sklearn_checks_of_the_encoder_presented_as_tabular(estimator, check):
     check(estimator)
 
 
 # ----------------------------------------------------------------- volume encoders
 # The encoders take volumes (3-D tags), so scikit-learn runs none of its fitting checks
-# on them (tests/test_encoder.py runs the rest with tabular tags). These are those
-# checks' invariants on volumes, on one tiny fit.
-
-FAST = dict(preset="tiny", ae_epochs=1, diffusion_epochs=1, representation_epochs=1,
-            random_state=0)
+# on them (the tabular-tag run above gets the others). These are those checks'
+# invariants on volumes, on one tiny fit.
 
 
 @pytest.fixture(scope="module")
