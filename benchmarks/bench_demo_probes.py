@@ -12,8 +12,9 @@ of the voxels. Reported per seed, then as mean and worst, with the fit seconds p
         --checkpoints /tmp/demo-checkpoints                               # a stage-3 variant
     python benchmarks/bench_demo_probes.py --quick                        # 20 subjects, 1 seed
 
-``--set NAME=VALUE`` overrides an LDAEEncoder parameter on top of the demo's; ``--checkpoints
-DIR`` keeps each seed's stage checkpoints, so that variants of stage 3 reuse stages 1 and 2.
+``--set NAME=VALUE`` overrides an LDAEEncoder parameter on top of the demo's, ``--subjects N``
+the cohort's size; ``--checkpoints DIR`` keeps each seed's stage checkpoints, so that variants
+of stage 3 reuse stages 1 and 2.
 Writes docs/benchmarks/demo_probes[_quick][_NAME].json and .md.
 """
 
@@ -118,8 +119,11 @@ def main(argv=None):
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--name", default=None)
     parser.add_argument("--checkpoints", default=None, metavar="DIR")
+    parser.add_argument("--subjects", type=int, default=None)
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else FULL
+    if args.subjects:
+        settings = {**settings, "n_subjects": args.subjects}
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     overrides = dict(map(parse_setting, args.set))
     runs = []
@@ -130,6 +134,7 @@ def main(argv=None):
         (" --quick" if args.quick else "", *(f" --set {item}" for item in args.set),
          f" --name {args.name}" if args.name else "",
          f" --seeds {' '.join(map(str, args.seeds))}" if args.seeds else "",
+         f" --subjects {args.subjects}" if args.subjects else "",
          f" --checkpoints {args.checkpoints}" if args.checkpoints else ""))
     result = {"command": command, "subjects": settings["n_subjects"],
               "demo_overrides": settings["overrides"], "overrides": overrides, "runs": runs,

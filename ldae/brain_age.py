@@ -37,6 +37,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils import _safe_indexing
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ._documentation import DocumentationLinkMixin
 from .exceptions import InputError
 from .model_selection import RIDGE_ALPHAS, fit_with_groups, grouped_ridge
 
@@ -48,7 +49,7 @@ _CORRECTIONS = ("cole", None)
 _WEAK_SLOPE = 0.1
 
 
-class BrainAgeRegressor(RegressorMixin, BaseEstimator):
+class BrainAgeRegressor(DocumentationLinkMixin, RegressorMixin, BaseEstimator):
     """Age regressor with an age-bias correction fitted on its training data only.
 
     :meth:`fit` fits ``estimator`` on (X, age), then regresses the predicted age on

@@ -12,6 +12,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
+from ._documentation import DocumentationLinkMixin
 from .autoencoder.network import build_autoencoder
 from .diffusion.schedule import NoiseSchedule
 from .diffusion.unet import build_latent_unet, check_latent_shape
@@ -43,7 +44,8 @@ FILE_FORMAT = "ldae.LDAEEncoder"
 FILE_VERSION = 2
 
 
-class LDAEEncoder(GenerativeMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+class LDAEEncoder(DocumentationLinkMixin, GenerativeMixin, ClassNamePrefixFeaturesOutMixin,
+                  TransformerMixin, BaseEstimator):
     """Latent Diffusion Autoencoder (Lozupone et al. 2025) as a scikit-learn transformer.
 
     ``fit`` trains three stages without labels: a 3D AutoencoderKL that compresses

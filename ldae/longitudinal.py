@@ -32,6 +32,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from statsmodels.regression.mixed_linear_model import MixedLM
 from statsmodels.stats.multitest import multipletests
 
+from ._documentation import DocumentationLinkMixin
 from .exceptions import InputError
 
 __all__ = ["fit_mixed_models", "MixedEffectsRegressor"]
@@ -162,7 +163,7 @@ def fit_mixed_models(
     return table
 
 
-class MixedEffectsRegressor(RegressorMixin, BaseEstimator):
+class MixedEffectsRegressor(DocumentationLinkMixin, RegressorMixin, BaseEstimator):
     """Linear mixed-effects regression, with subjects passed by metadata routing.
 
     Fits ``y = b0 + X @ coef + u0[g] + u1[g] * time + noise`` with statsmodels'

@@ -24,6 +24,7 @@ from sklearn.ensemble import IsolationForest
 from sklearn.preprocessing import RobustScaler
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ._documentation import DocumentationLinkMixin
 from .exceptions import InputError
 from .imaging import as_volume_dataset
 
@@ -40,7 +41,7 @@ MCD_SAMPLES_PER_DIMENSION = 5
 MIN_SCANS_PER_SITE = 5
 
 
-class QualityControl(OutlierMixin, BaseEstimator):
+class QualityControl(DocumentationLinkMixin, OutlierMixin, BaseEstimator):
     """Outlier score of each scan from its embedding and, optionally, its reconstruction error.
 
     Each signal becomes a robust z-score against the scans seen in ``fit``:

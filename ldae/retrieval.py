@@ -9,6 +9,7 @@ from sklearn.neighbors import NearestNeighbors
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ._documentation import DocumentationLinkMixin
 from .exceptions import InputError
 
 __all__ = ["SimilarScans", "recall_at_k"]
@@ -16,7 +17,7 @@ __all__ = ["SimilarScans", "recall_at_k"]
 METRICS = ("cosine", "euclidean")
 
 
-class SimilarScans(BaseEstimator):
+class SimilarScans(DocumentationLinkMixin, BaseEstimator):
     """Index of scan embeddings answering "which scans are most like this one?".
 
     A :class:`~sklearn.neighbors.NearestNeighbors` index over the (optionally

@@ -19,6 +19,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.utils.validation import check_is_fitted
 
+from ._documentation import DocumentationLinkMixin
 from .exceptions import InputError
 from .model_selection import RepeatedStratifiedGroupKFold, markdown_table, run_study
 
@@ -27,7 +28,7 @@ __all__ = ["SiteHarmonizer", "SitePrediction", "site_prediction_score"]
 RAW, HARMONISED = "embedding", "harmonised embedding"
 
 
-class SiteHarmonizer(TransformerMixin, BaseEstimator):
+class SiteHarmonizer(DocumentationLinkMixin, TransformerMixin, BaseEstimator):
     """Remove additive site effects from embeddings by linear regression.
 
     Input is a DataFrame holding the embedding columns, a site column and,

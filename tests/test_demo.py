@@ -1,9 +1,11 @@
 """The demo study end to end, and the report it writes (HTML with embedded figures + Markdown)."""
 
 import base64
+import importlib.util
 import io
 import warnings
 from html.parser import HTMLParser
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -55,9 +57,14 @@ def test_the_demo_control_reuses_the_fit_without_a_checkpoint_warning(demo):
     assert not [text for text in demo["warnings"] if "belongs to another fit" in text]
 
 
-def test_html_report_embeds_every_figure_as_a_non_empty_png(demo):
+def _parsed(report):
     page = _Page()
-    page.feed(demo["report"].read_text(encoding="utf-8"))
+    page.feed(report.read_text(encoding="utf-8"))
+    return page
+
+
+def test_html_report_embeds_every_figure_as_a_non_empty_png(demo):
+    page = _parsed(demo["report"])
     assert page.headings == SECTIONS
     assert len(page.images) == len(FIGURES)
     for image in page.images:
@@ -67,6 +74,40 @@ def test_html_report_embeds_every_figure_as_a_non_empty_png(demo):
         pixels = imread(io.BytesIO(png), format="png")
         assert pixels.shape[0] > 100 and pixels.shape[1] > 100
         assert pixels[..., :3].std() > 0.01, f"figure {image['alt']!r} is blank"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    path = Path(__file__).parents[1] / "docs" / "browser_check.py"
+    spec = importlib.util.spec_from_file_location("browser_check", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if module.find_chromium() is None:
+        pytest.skip("no Chromium on this machine and it could not be installed "
+                    "(.ci/run installs Debian's chromium package when missing)")
+    return module
+
+
+def test_the_report_renders_in_headless_chromium_with_every_image_and_no_errors(demo, browser,
+                                                                               tmp_path):
+    check = browser.check_page(demo["report"], screenshot=tmp_path / "page.png")
+    assert [image["alt"] for image in check.images] == [
+        image["alt"] for image in _parsed(demo["report"]).images]
+    assert len(check.images) == len(FIGURES)
+    assert check.broken_images == []
+    assert check.errors == [] and check.console == []
+    screenshot = imread(tmp_path / "page.png")
+    assert screenshot.shape[:2] == (1600, 1280) and screenshot[..., :3].std() > 0.01
+
+
+def test_the_browser_check_sees_a_broken_image_and_a_script_error(browser, tmp_path):
+    page = tmp_path / "broken.html"
+    page.write_text('<html><head></head><body><img alt="cut" src="data:image/png;base64,'
+                    'iVBORw0KGgo="><script>console.error("oops")</script></body></html>')
+    check = browser.check_page(page)
+    assert check.broken_images == ["cut"]
+    assert any("iVBORw0KGgo" in error for error in check.errors)
+    assert any("oops" in line for line in check.console)
 
 
 def test_markdown_twin_links_the_figures_written_beside_it(demo):

@@ -69,6 +69,42 @@ def test_every_public_module_and_name_has_a_reference_page(builder, site):
     assert 'id="ldae.encoder.LDAEEncoder.transform"' in encoder_page
 
 
+def _public_estimators():
+    from sklearn.base import BaseEstimator
+
+    from ldae import LDAEEncoder
+    from ldae.baselines import SupervisedEncoder, VoxelDAEEncoder
+    from ldae.brain_age import BrainAgeRegressor
+    from ldae.longitudinal import MixedEffectsRegressor
+    from ldae.quality_control import QualityControl
+    from ldae.retrieval import SimilarScans
+    from ldae.site_effects import SiteHarmonizer
+
+    estimators = [LDAEEncoder(), SupervisedEncoder(), VoxelDAEEncoder(), BrainAgeRegressor(),
+                  MixedEffectsRegressor(), QualityControl(), SimilarScans(), SiteHarmonizer()]
+    assert all(isinstance(estimator, BaseEstimator) for estimator in estimators)
+    return estimators
+
+
+@pytest.mark.slow
+def test_every_estimator_repr_links_to_its_page_of_the_built_site(site, monkeypatch):
+    monkeypatch.setenv("LDAE_DOCS_URL", site.as_uri())
+    for estimator in _public_estimators():
+        link = estimator._get_doc_link()
+        assert link.startswith(site.as_uri()), type(estimator).__name__
+        assert Path(link.removeprefix("file://")).is_file(), link
+        assert f'href="{link}"' in estimator._repr_html_()
+
+
+def test_without_a_docs_url_the_repr_has_no_dead_link(monkeypatch):
+    monkeypatch.delenv("LDAE_DOCS_URL", raising=False)
+    for estimator in _public_estimators():
+        assert estimator._get_doc_link() == ""
+    monkeypatch.setenv("LDAE_DOCS_URL", "https://docs.example.org/ldae/")
+    assert _public_estimators()[0]._get_doc_link() == (
+        "https://docs.example.org/ldae/generated/ldae.encoder.LDAEEncoder.html")
+
+
 @pytest.mark.slow
 def test_the_guide_pages_are_in_the_site(site):
     for page in ("getting-started", "concepts", "your-own-cohort", "user-guide", "guide/data",

@@ -9,6 +9,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 from torch.utils.data import DataLoader
 
+from .._documentation import DocumentationLinkMixin
 from ..exceptions import InputError
 from ..imaging import as_volume_dataset, model_preprocessing
 from ..imaging.grid import MNI_FIELD_OF_VIEW_MM, grid_affine
@@ -117,7 +118,8 @@ def resolve_baseline_config(preset, **overrides):
     return config
 
 
-class VolumeEncoderBase(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+class VolumeEncoderBase(DocumentationLinkMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin,
+                        BaseEstimator):
     """Shared machinery of the baseline encoders (not for direct use).
 
     Subclasses define ``_config_overrides()`` and the fitted ``semantic_encoder_``.
