@@ -47,7 +47,7 @@ class Report:
         self._blocks.append(("heading", str(text)))
 
     def text(self, text):
-        """Add a paragraph (inline ``code`` in backticks is kept as code)."""
+        """Add a paragraph (Markdown's inline ```code``` and ``**bold**`` are rendered as such)."""
         self._blocks.append(("text", str(text)))
 
     def table(self, frame, digits=3):
@@ -127,7 +127,7 @@ class Report:
             if kind == "heading":
                 body.append(f"<h2>{html.escape(content)}</h2>")
             elif kind == "text":
-                body.append(f"<p>{_inline_code(html.escape(content))}</p>")
+                body.append(f"<p>{_inline_markup(html.escape(content))}</p>")
             elif kind == "table":
                 frame, digits = content
                 body.append(frame.to_html(index=False, border=0, na_rep="",
@@ -143,5 +143,6 @@ class Report:
                 "<body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 
-def _inline_code(escaped):
-    return re.sub(r"`([^`]+)`", r"<code>\1</code>", escaped)
+def _inline_markup(escaped):
+    coded = re.sub(r"`([^`]+)`", r"<code>\1</code>", escaped)
+    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", coded)

@@ -141,10 +141,11 @@ def test_report_rejects_bad_figure_names_and_non_tables(tmp_path):
     with pytest.raises(InputError, match="DataFrame"):
         report.table(np.zeros((2, 2)))
     report.table(pd.DataFrame({"a": [1.23456]}))
-    report.text("uses `code` & <tags>")
-    html_path, _ = report.write(tmp_path)
+    report.text("**uses** `code` & <tags>")
+    html_path, markdown_path = report.write(tmp_path)
     page = html_path.read_text()
-    assert "<code>code</code> &amp; &lt;tags&gt;" in page and "1.23" in page
+    assert "<strong>uses</strong> <code>code</code> &amp; &lt;tags&gt;" in page and "1.23" in page
+    assert "**uses** `code` & <tags>" in markdown_path.read_text()
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["figures", "ok.png", "report.html",
                                                          "report.md"]
 
