@@ -1,21 +1,26 @@
 """CPU precision: bf16 autocast against fp32 (and torch.compile) for transform and a training step.
 
-Fits an LDAEEncoder (one epoch per stage: speed only) and times, in fp32 and in
-bf16 autocast, ``transform`` of a batch of scans and one training step of the
-autoencoder and of the latent denoiser; the maximum absolute difference between
-the fp32 and bf16 embeddings is reported against the embeddings' spread.
-``--compile`` adds torch.compile of the denoiser (slow to compile on a CPU).
-The recommendation for inference: bf16 where it is faster and the embeddings agree
-within the tolerance (max |difference| < 5% of the embeddings' standard deviation),
-else fp32.
+Speed: fits an LDAEEncoder (one epoch per stage: speed only) and times ``transform`` of a
+batch of scans at each inference precision (``fp32``; ``auto``, which on a CPU with native
+bf16 encodes scans with the autoencoder in bf16 and computes the rest in fp32; ``bf16``),
+and one training step of the autoencoder and of the latent denoiser. ``--compile`` adds
+torch.compile of the denoiser (slow to compile on a CPU).
+
+Tolerance: the maximum absolute difference between each precision's embeddings and the
+fp32 ones, against the fp32 embeddings' standard deviation (5 %), on the 1-epoch model
+and on the fp32-trained model of the training section (an untrained code's spread across
+scans is tiny against its rounding: only a trained model judges a precision).
+
+Reading: ``transform`` of gzipped NIfTI files at 128x160x128 (the paper's grid, `small`
+architecture, untrained) against nibabel decoding + preprocessing of the same files.
 
 Training: the same model is fitted twice on a synthetic cohort, every stage in fp32
 and every stage in bf16 autocast, with validation on held-out subjects; the table
 gives the seconds per stage, each stage's final validation loss, and the held-out
 reconstruction SSIM of the autoencoder (evaluated in fp32).
 
-    python benchmarks/bench_precision.py --quick    # 32x40x32, 4 scans; 20 subjects, quick-demo epochs
-    python benchmarks/bench_precision.py            # 64x80x64, 16 scans; 60 subjects, small preset
+    python benchmarks/bench_precision.py --quick    # 32x40x32, 4 scans; 20 subjects, quick-demo epochs; 3 files
+    python benchmarks/bench_precision.py            # 64x80x64, 16 scans; 60 subjects, demo epochs; 12 files
 
 Writes docs/benchmarks/precision[_quick].json and .md.
 """
@@ -25,9 +30,11 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import torch
 
@@ -37,11 +44,14 @@ from ldae.datasets import make_synthetic_cohort
 from ldae.demo import DEMO_SHAPE, FULL, QUICK
 from ldae.diffusion import NoiseSchedule, diffusion_loss
 from ldae.generation import autoencoder_reconstruction
+from ldae.imaging import as_volume_dataset
 from ldae.metrics import ssim
 from ldae.training.device import autocast, has_native_bf16, resolve_precision
 
 OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
 TOLERANCE = 0.05
+INFERENCE_PRECISIONS = ("fp32", "auto", "bf16")
+FILES_SHAPE = (128, 160, 128)
 
 
 def _timed(function, repeats):
@@ -81,13 +91,14 @@ def _training_steps(model, scans, dtype, compiled):
 
 
 def _training_quality(quick):
-    """Fit in fp32 and in bf16 on the same split; per-precision seconds and held-out scores."""
+    """Fit in fp32 and in bf16 on the same split; per-precision seconds, held-out scores, and
+    the fp32-trained model with its held-out scans (for the inference tolerance)."""
     settings = QUICK if quick else FULL
     cohort = make_synthetic_cohort(settings["n_subjects"], shape=DEMO_SHAPE, random_state=0)
     subjects = cohort.frame.subject.to_numpy()
     distinct = np.unique(subjects)
     held_out = np.isin(subjects, distinct[-max(2, len(distinct) // 10):])
-    rows = {}
+    rows, models = {}, {}
     for precision in ("fp32", "bf16"):
         model = LDAEEncoder(preset="small", precision=precision, random_state=0,
                             **settings["overrides"])
@@ -98,8 +109,41 @@ def _training_quality(quick):
         row.update({f"{stage} val loss": history["val_loss"][-1]
                     for stage, history in model.history_.items()})
         row["held-out AE SSIM"] = float(ssim(reconstructions, cohort.images[held_out]).mean())
-        rows[precision] = row
-    return rows, int(held_out.sum()), int((~held_out).sum())
+        rows[precision], models[precision] = row, model
+    return rows, models["fp32"], cohort.images[held_out], int((~held_out).sum())
+
+
+def _embedding_differences(model, scans):
+    """Max |embedding - fp32 embedding| / the fp32 embeddings' std, per inference precision."""
+    embeddings = {precision: model.set_params(precision=precision).transform(scans)
+                  for precision in INFERENCE_PRECISIONS}
+    spread = float(embeddings["fp32"].std())
+    return {precision: float(np.abs(values - embeddings["fp32"]).max()) / spread
+            for precision, values in embeddings.items() if precision != "fp32"}
+
+
+def _files_against_decoding(shape, n_files, scratch):
+    """Seconds per scan of nibabel decoding + preprocessing of gzipped NIfTI files at
+    ``shape`` and of ``transform`` on the same paths, per inference precision (untrained
+    networks of the `small` architecture: speed does not depend on training)."""
+    cohort = make_synthetic_cohort(max(1, n_files // 3), shape=shape, random_state=0)
+    paths = []
+    for i in range(n_files):
+        path = Path(scratch) / f"scan_{i:03d}.nii.gz"
+        nib.save(nib.Nifti1Image(cohort.images[i % len(cohort.images)], cohort.affine), path)
+        paths.append(str(path))
+    model = LDAEEncoder(preset="small", image_shape=shape, ae_epochs=0, diffusion_epochs=0,
+                        representation_epochs=0, validation_fraction=0,
+                        random_state=0).fit(cohort.images[:1])
+    dataset = as_volume_dataset(paths, model.preprocessing_)
+    seconds = {"nibabel decode + preprocessing": _timed(
+        lambda: [dataset[i] for i in range(len(dataset))], 1) / n_files}
+    for precision in INFERENCE_PRECISIONS:
+        model.set_params(precision=precision)
+        seconds[f"transform, {precision}"] = _timed(lambda: model.transform(paths), 1) / n_files
+    model.set_params(precision="auto", num_workers=1)
+    seconds["transform, auto, 1 loader worker"] = _timed(lambda: model.transform(paths), 1) / n_files
+    return seconds
 
 
 def main(argv=None):
@@ -112,67 +156,96 @@ def main(argv=None):
     model = LDAEEncoder(preset="small", image_shape=shape, ae_epochs=1, diffusion_epochs=1,
                         representation_epochs=1, precision="fp32", random_state=0).fit(scans)
 
-    rows, embeddings = {}, {}
-    for name, precision, dtype in (("fp32", "fp32", None), ("bf16", "bf16", torch.bfloat16)):
+    rows = {}
+    for precision in INFERENCE_PRECISIONS:
         model.set_params(precision=precision)
-        embeddings[name] = model.transform(scans)
-        rows[name] = {"transform (s per scan)": _timed(lambda: model.transform(scans), 1) / n_scans,
-                      **_training_steps(model, scans[:model.config_.batch_size], dtype, False)}
+        dtype = resolve_precision(precision, torch.device("cpu"), training=True)
+        rows[precision] = {"transform (s per scan)": _timed(lambda: model.transform(scans), 1) / n_scans,
+                           **_training_steps(model, scans[:model.config_.batch_size], dtype, False)}
     if args.compile:
         rows["fp32 + compile"] = {"transform (s per scan)": None,
                                   **_training_steps(model, scans[:model.config_.batch_size], None, True)}
-    difference = float(np.abs(embeddings["bf16"] - embeddings["fp32"]).max())
-    spread = float(embeddings["fp32"].std())
-    speedup = rows["fp32"]["transform (s per scan)"] / rows["bf16"]["transform (s per scan)"]
-    safe = difference < TOLERANCE * spread
+    untrained = _embedding_differences(model, scans)
+    training, trained_model, held_out_scans, n_train = _training_quality(args.quick)
+    trained = _embedding_differences(trained_model, held_out_scans)
+    speedups = {precision: rows["fp32"]["transform (s per scan)"] / rows[precision]["transform (s per scan)"]
+                for precision in INFERENCE_PRECISIONS}
+    with tempfile.TemporaryDirectory() as scratch:
+        files = _files_against_decoding(FILES_SHAPE, 3 if args.quick else 12, scratch)
     native = has_native_bf16()
-    recommendation = "bf16" if speedup > 1 and safe else "fp32"
     cpu = torch.device("cpu")
-    auto = {purpose: "bf16" if resolve_precision("auto", cpu, training=training) else "fp32"
-            for purpose, training in (("training", True), ("inference", False))}
-    training, n_held_out, n_train = _training_quality(args.quick)
+    auto = {purpose: "bf16" if resolve_precision("auto", cpu, **flag) else "fp32"
+            for purpose, flag in (("training", {"training": True}), ("encoding", {"encoding": True}),
+                                  ("the rest of inference", {}))}
     result = {
         "command": "python benchmarks/bench_precision.py" + (" --quick" if args.quick else "")
                    + (" --compile" if args.compile else ""),
-        "shape": list(shape), "n_scans": n_scans, "seconds": rows,
-        "bf16_speedup_transform": speedup, "max_abs_embedding_difference": difference,
-        "embedding_std": spread, "tolerance": f"{TOLERANCE:.0%} of the embedding std",
-        "within_tolerance": safe, "recommendation": recommendation, "auto": auto,
-        "training": {"scans": n_train, "held_out_scans": n_held_out, "by_precision": training},
+        "shape": list(shape), "n_scans": n_scans, "seconds": rows, "transform_speedup": speedups,
+        "embedding_difference_over_std": {"untrained (1 epoch)": untrained, "trained": trained},
+        "tolerance": TOLERANCE, "auto": auto, "files_shape": list(FILES_SHAPE),
+        "files_seconds_per_scan": files,
+        "training": {"scans": n_train, "held_out_scans": len(held_out_scans), "by_precision": training},
         "machine": {"processor": platform.processor(), "native_bf16": native,
                     "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                     "torch": torch.__version__, "threads": torch.get_num_threads(),
                     "load_average": [round(x, 1) for x in os.getloadavg()]},
     }
-    lines = [f"# CPU precision: bf16 autocast against fp32 ({'quick' if args.quick else 'full'})", "",
-             f"Command: `{result['command']}`", "",
-             f"{'×'.join(map(str, shape))}, {n_scans} scans, LDAEEncoder `small` architecture "
-             f"(fitted 1 epoch per stage: speed only). CPU capability "
-             f"{result['machine']['cpu_capability']}, native bf16: {native}, "
-             f"{result['machine']['threads']} threads, load average {result['machine']['load_average']}.",
-             "", "| precision | transform (s/scan) | autoencoder step (s) | denoiser step (s) |",
-             "|---|---|---|---|"]
-    for name, row in rows.items():
-        lines.append(f"| {name} | " + " | ".join("—" if v is None else f"{v:.3g}" for v in row.values()) + " |")
-    lines += ["", f"bf16 speed-up of transform: {speedup:.2f}×; max |bf16 − fp32| embedding "
-              f"difference {difference:.3g} against an embedding std of {spread:.3g} "
-              f"(tolerance {TOLERANCE:.0%}: {'within' if safe else 'outside'}).", "",
-              f"Recommended for inference on this machine: **{recommendation}**.", "",
-              f"## Training in fp32 and in bf16 ({n_train} scans, validation and SSIM on "
-              f"{n_held_out} scans of held-out subjects)", "",
-              "| precision | " + " | ".join(training["fp32"]) + " |",
-              "|---|" + "---|" * len(training["fp32"])]
-    for name, row in training.items():
-        lines.append(f"| {name} | " + " | ".join(f"{v:.4g}" for v in row.values()) + " |")
-    lines += ["", f"`precision=\"auto\"` on this machine: {auto['training']} for training, "
-              f"{auto['inference']} for inference (bf16 training needs native bf16; CPU inference "
-              "is always fp32; GPUs use bf16)."]
-    markdown = "\n".join(lines)
+    markdown = _markdown(result, args.quick)
     name = "precision_quick" if args.quick else "precision"
     for suffix, text in ((".json", json.dumps(result, indent=2) + "\n"), (".md", markdown + "\n")):
         write_atomically(OUTPUT / f"{name}{suffix}", lambda temporary: temporary.write_text(text))
     print(markdown)
     return 0
+
+
+def _markdown(result, quick):
+    rows, differences, training = (result["seconds"], result["embedding_difference_over_std"],
+                                   result["training"]["by_precision"])
+    machine = result["machine"]
+    lines = [f"# CPU precision: bf16 autocast against fp32 ({'quick' if quick else 'full'})", "",
+             f"Command: `{result['command']}`", "",
+             f"CPU capability {machine['cpu_capability']}, native bf16: {machine['native_bf16']}, "
+             f"{machine['threads']} threads, load average {machine['load_average']}. Inference "
+             "precisions: `fp32` everywhere; `auto` on this machine (the autoencoder's encoding in "
+             f"{result['auto']['encoding']}, the rest of inference in "
+             f"{result['auto']['the rest of inference']}); `bf16` everywhere.", "",
+             f"## Speed ({'×'.join(map(str, result['shape']))}, {result['n_scans']} scans, `small` "
+             "architecture fitted 1 epoch per stage: speed only)", "",
+             "| precision | transform (s/scan) | transform speed-up (×) | autoencoder step (s) | "
+             "denoiser step (s) |", "|---|---|---|---|---|"]
+    for name, row in rows.items():
+        values = [row["transform (s per scan)"], result["transform_speedup"].get(name),
+                  row["autoencoder step"], row["denoiser step"]]
+        lines.append(f"| {name} | " + " | ".join("—" if v is None else f"{v:.3g}" for v in values) + " |")
+    lines += ["", f"## Embeddings against fp32 (max |difference| / the fp32 embeddings' std; "
+              f"tolerance {result['tolerance']:.0%})", "",
+              "| model | " + " | ".join(differences["trained"]) + " |",
+              "|---|" + "---|" * len(differences["trained"])]
+    for model, values in differences.items():
+        lines.append(f"| {model} | " + " | ".join(
+            f"{value:.2%} ({'within' if value < result['tolerance'] else 'outside'})"
+            for value in values.values()) + " |")
+    lines += ["", f"The trained model: the fp32 fit of the training section below, on its "
+              f"{result['training']['held_out_scans']} held-out scans. An untrained code's spread "
+              "across scans is tiny against its rounding, so only the trained model judges a "
+              "precision.", "",
+              f"## `transform` on gzipped NIfTI files at {'×'.join(map(str, result['files_shape']))} "
+              "against reading them (`small` architecture, untrained)", "",
+              "| step | s per scan | scans/s | / nibabel decode + preprocessing |", "|---|---|---|---|"]
+    files = result["files_seconds_per_scan"]
+    reading = files["nibabel decode + preprocessing"]
+    for step, seconds in files.items():
+        lines.append(f"| {step} | {seconds:.3g} | {1 / seconds:.3g} | {reading / seconds:.3g} |")
+    lines += ["", f"## Training in fp32 and in bf16 ({result['training']['scans']} scans, validation "
+              f"and SSIM on {result['training']['held_out_scans']} scans of held-out subjects)", "",
+              "| precision | " + " | ".join(training["fp32"]) + " |",
+              "|---|" + "---|" * len(training["fp32"])]
+    for name, row in training.items():
+        lines.append(f"| {name} | " + " | ".join(f"{v:.4g}" for v in row.values()) + " |")
+    lines += ["", f"`precision=\"auto\"` on this machine: {result['auto']['training']} for training, "
+              f"{result['auto']['encoding']} for encoding scans at inference, "
+              f"{result['auto']['the rest of inference']} for the rest of inference."]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -133,8 +133,9 @@ class LDAEEncoder(DocumentationLinkMixin, GenerativeMixin, ClassNamePrefixFeatur
         "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
     precision : {"auto", "bf16", "fp32"}, default="auto"
         "auto": bfloat16 autocast on GPUs; on CPUs with native bf16 (AVX-512 BF16,
-        AMX), bfloat16 for the training steps and float32 for everything else
-        (latent encoding, transform, generation); float32 on other CPUs.
+        AMX), bfloat16 for the training steps and for the autoencoder's encoding of
+        scans (the latents that fit caches and transform reads), float32 for the rest
+        (the semantic encoder, the denoiser, decoding); float32 on other CPUs.
     num_workers : int, default=0
         DataLoader worker processes that load and preprocess scans.
     random_state : int, RandomState instance or None, default=None
@@ -334,8 +335,9 @@ class LDAEEncoder(DocumentationLinkMixin, GenerativeMixin, ClassNamePrefixFeatur
             train_loader, loaders.volumes(dataset, val_index), checkpoints, device, seed,
         )
         with latent_array((len(dataset), *config.latent_shape), self.cache_dir) as z0:
+            # at transform's precision, so that a training scan's latent is the one transform sees
             encode_latents(autoencoder, loaders.in_order(dataset), device,
-                           resolve_precision(self.precision, device), out=z0)
+                           resolve_precision(self.precision, device, encoding=True), out=z0)
             self.scale_factor_ = 1.0 / standard_deviation(z0, train_index)
             scale_in_place(z0, self.scale_factor_)
             self._fit_latent_stages(z0, dataset, train_index, val_index, device, dtype, seed,
@@ -510,7 +512,9 @@ class LDAEEncoder(DocumentationLinkMixin, GenerativeMixin, ClassNamePrefixFeatur
             yield result
 
     def _latent_batch(self, volumes):
-        mean, _ = self.autoencoder_.encode(volumes)
+        with autocast(volumes.device, resolve_precision(self.precision, volumes.device,
+                                                        encoding=True)):
+            mean, _ = self.autoencoder_.encode(volumes)
         return mean.float() * self.scale_factor_
 
     def _decode_latent(self, z):

@@ -17,10 +17,36 @@ def test_auto_precision_trains_in_bf16_only_on_cpus_with_native_bf16(monkeypatch
     assert resolve_precision("auto", CPU, training=True) is (torch.bfloat16 if native else None)
 
 
-def test_auto_precision_infers_in_fp32_on_every_cpu(monkeypatch):
-    # bf16 rounding is the size of a code's spread across scans: not safe for embeddings
-    monkeypatch.setattr(device_module, "has_native_bf16", lambda: True)
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_infers_in_fp32_on_a_cpu_except_the_encoding_of_scans(monkeypatch, native):
+    monkeypatch.setattr(device_module, "has_native_bf16", lambda: native)
     assert resolve_precision("auto", CPU) is None
+    assert resolve_precision("auto", CPU, encoding=True) is (torch.bfloat16 if native else None)
+    assert resolve_precision("fp32", CPU, encoding=True) is None
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_transform_encodes_in_bf16_and_embeds_in_fp32_on_a_native_bf16_cpu(monkeypatch, native):
+    monkeypatch.setattr(device_module, "has_native_bf16", lambda: native)
+    scans = make_synthetic_cohort(2, shape=(32, 40, 32), random_state=0).images[:4]
+    model = LDAEEncoder(preset="tiny", ae_epochs=1, diffusion_epochs=1, representation_epochs=1,
+                        random_state=0).fit(scans)
+    seen = {}
+
+    def recorder(name):
+        def record(module, args, output):
+            seen[name] = output.dtype
+        return record
+
+    for name, network in (("autoencoder", model.autoencoder_.encoder),
+                          ("semantic encoder", model.semantic_encoder_.features)):
+        network.register_forward_hook(recorder(name))
+    embeddings = model.transform(scans)
+    assert seen == {"autoencoder": torch.bfloat16 if native else torch.float32,
+                    "semantic encoder": torch.float32}
+    assert embeddings.dtype == "float32"
+    fp32 = model.set_params(precision="fp32").transform(scans)
+    assert (embeddings == fp32).all() is not native
 
 
 @pytest.mark.parametrize("training", [True, False])
@@ -34,7 +60,7 @@ def test_unknown_precision_is_named():
         resolve_precision("fp16", CPU)
 
 
-def test_fit_trains_in_bf16_and_caches_latents_in_fp32_on_a_native_bf16_cpu(monkeypatch):
+def test_fit_trains_and_caches_latents_in_bf16_on_a_native_bf16_cpu(monkeypatch):
     monkeypatch.setattr(device_module, "has_native_bf16", lambda: True)
     seen = {}
 
@@ -52,7 +78,7 @@ def test_fit_trains_in_bf16_and_caches_latents_in_fp32_on_a_native_bf16_cpu(monk
     LDAEEncoder(preset="tiny", ae_epochs=1, diffusion_epochs=1, representation_epochs=1,
                 random_state=0).fit(scans)
     assert seen == {"autoencoder_stage": torch.bfloat16, "diffusion_stage": torch.bfloat16,
-                    "representation_stage": torch.bfloat16, "encode_latents": None}
+                    "representation_stage": torch.bfloat16, "encode_latents": torch.bfloat16}
 
 
 def test_baselines_train_with_the_training_precision(monkeypatch):

@@ -25,16 +25,17 @@ def resolve_device(device):
     return resolved
 
 
-def resolve_precision(precision, device, *, training=False):
+def resolve_precision(precision, device, *, training=False, encoding=False):
     """Return the autocast dtype (``torch.bfloat16``) or ``None`` for full float32.
 
-    ``"auto"`` uses bfloat16 on GPUs that support it. On CPUs it uses bfloat16 only
-    for training, and only on CPUs with native bf16 (AVX-512 BF16, AMX), where an
-    autoencoder step is about twice as fast and held-out losses stay close to those of
-    fp32 training (``benchmarks/bench_precision.py``). Inference on a CPU (latent encoding,
-    ``transform``, generation) stays float32: a semantic code's spread across scans is
-    small against its size, and bf16 and fp32 embeddings of the same model disagree
-    far beyond the 5 % tolerance of that benchmark. ``"bf16"`` forces bfloat16
+    ``"auto"`` uses bfloat16 on GPUs that support it. On CPUs it uses bfloat16 only on
+    CPUs with native bf16 (AVX-512 BF16, AMX), and there only for training steps and
+    for the autoencoder's encoding of scans at inference. An autoencoder step is about
+    twice as fast and held-out losses stay close to those of fp32 training; bf16
+    latents give embeddings of a trained model within 1 % of their spread of the fp32
+    ones at about half the time of ``transform``. The semantic encoder, the denoiser and
+    the decoder stay float32 at inference on a CPU: the whole embedding in bf16 is
+    further off (``benchmarks/bench_precision.py``). ``"bf16"`` forces bfloat16
     everywhere, ``"fp32"`` float32 everywhere.
 
     Parameters
@@ -42,7 +43,9 @@ def resolve_precision(precision, device, *, training=False):
     precision : {"auto", "bf16", "fp32"}
     device : torch.device
     training : bool, default=False
-        Whether the dtype is for training steps (True) or for inference.
+        Whether the dtype is for training steps.
+    encoding : bool, default=False
+        Whether the dtype is for the autoencoder's encoder at inference.
     """
     if precision not in PRECISIONS:
         raise InputError(f"precision={precision!r} is not one of {PRECISIONS}")
@@ -52,7 +55,7 @@ def resolve_precision(precision, device, *, training=False):
         return torch.bfloat16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if training and has_native_bf16() else None
+    return torch.bfloat16 if (training or encoding) and has_native_bf16() else None
 
 
 def has_native_bf16():
