@@ -10,6 +10,7 @@ from sklearn.base import clone
 from sklearn.utils.estimator_checks import estimator_checks_generator
 
 from ldae import LDAEEncoder
+from ldae.baselines import SupervisedEncoder, VoxelDAEEncoder
 from ldae.brain_age import BrainAgeRegressor
 from ldae.datasets import make_synthetic_cohort
 from ldae.exceptions import InputError
@@ -152,7 +153,18 @@ def test_sklearn_checks_of_the_encoder_presented_as_tabular(estimator, check):
 # ----------------------------------------------------------------- volume encoders
 # The encoders take volumes (3-D tags), so scikit-learn runs none of its fitting checks
 # on them (the tabular-tag run above gets the others). These are those checks'
-# invariants on volumes, on one tiny fit.
+# invariants on volumes, on one tiny fit of each public encoder.
+
+ENCODERS = {
+    "LDAEEncoder": lambda: LDAEEncoder(**FAST),
+    "VoxelDAEEncoder": lambda: VoxelDAEEncoder(preset="tiny", epochs=1, random_state=0),
+    "SupervisedEncoder": lambda: SupervisedEncoder(preset="tiny", epochs=1, random_state=0),
+}
+def _fit(model, X):
+    """Fit; the supervised encoder gets alternating labels, the others take none."""
+    if isinstance(model, SupervisedEncoder):
+        return model.fit(X, np.arange(len(X)) % 2)
+    return model.fit(X)
 
 
 @pytest.fixture(scope="module")
@@ -160,21 +172,26 @@ def volumes():
     return make_synthetic_cohort(4, shape=(32, 40, 32), random_state=0).images
 
 
+@pytest.fixture(scope="module", params=list(ENCODERS))
+def unfitted(request):
+    return ENCODERS[request.param]
+
+
 @pytest.fixture(scope="module")
-def fitted(volumes):
-    return LDAEEncoder(**FAST).fit(volumes)
+def fitted(volumes, unfitted):
+    return _fit(unfitted(), volumes)
 
 
-def test_fit_returns_self_leaves_x_and_params_unchanged(volumes):
-    model, X = LDAEEncoder(**FAST), volumes.copy()
+def test_fit_returns_self_leaves_x_and_params_unchanged(volumes, unfitted):
+    model, X = unfitted(), volumes.copy()
     params = model.get_params()
-    assert model.fit(X) is model
+    assert _fit(model, X) is model
     np.testing.assert_array_equal(X, volumes)  # check_dict_unchanged / no mutation of X
     assert model.get_params() == params       # check_dont_overwrite_parameters
 
 
 def test_fit_is_idempotent(volumes, fitted):  # check_fit_idempotent
-    again = clone(fitted).fit(volumes).fit(volumes)
+    again = _fit(_fit(clone(fitted), volumes), volumes)
     np.testing.assert_array_equal(again.transform(volumes), fitted.transform(volumes))
 
 
@@ -184,7 +201,7 @@ def test_transform_is_invariant_to_sample_order_and_subsets(volumes, fitted):
     order = np.array([2, 0, 3, 1])
     np.testing.assert_allclose(fitted.transform(volumes[order]), embeddings[order], atol=1e-5)
     np.testing.assert_allclose(fitted.transform(volumes[1:3]), embeddings[1:3], atol=1e-5)
-    assert len(fitted.get_feature_names_out()) == embeddings.shape[1] == fitted.config_.embedding_dim
+    assert len(fitted.get_feature_names_out()) == embeddings.shape[1]
 
 
 def test_dtypes_and_memory_layouts_give_the_same_embeddings(volumes, fitted):
@@ -207,18 +224,18 @@ def test_nan_inf_and_empty_input_are_refused_with_a_clear_error(volumes, fitted)
         with pytest.raises(InputError, match=r"X\[1\]"):
             fitted.transform(X)
         with pytest.raises(InputError, match=r"X\[1\]"):
-            clone(fitted).fit(X)
+            _fit(clone(fitted), X)
     with pytest.raises(InputError):
         fitted.transform(volumes[:0])
     with pytest.raises(InputError):
         fitted.transform(volumes[0, 0])
 
 
-def test_pickle_after_fit_and_unfitted_transform(volumes, fitted):
+def test_pickle_after_fit_and_unfitted_transform(volumes, fitted, unfitted):
     # check_estimators_pickle / check_fit_check_is_fitted / check_estimators_unfitted
     from sklearn.exceptions import NotFittedError
 
     restored = pickle.loads(pickle.dumps(fitted))
     np.testing.assert_array_equal(restored.transform(volumes), fitted.transform(volumes))
     with pytest.raises(NotFittedError):
-        LDAEEncoder(**FAST).transform(volumes)
+        unfitted().transform(volumes)
