@@ -1,17 +1,16 @@
 """The demo study end to end, and the report it writes (HTML with embedded figures + Markdown)."""
 
 import base64
-import importlib.util
 import io
 import warnings
 from html.parser import HTMLParser
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 from matplotlib.image import imread
+from _docs_scripts import load
 
 from ldae import LDAEEncoder
 from ldae.demo import UNTRAINED, run_demo
@@ -78,10 +77,7 @@ def test_html_report_embeds_every_figure_as_a_non_empty_png(demo):
 
 @pytest.fixture(scope="module")
 def browser():
-    path = Path(__file__).parents[1] / "docs" / "browser_check.py"
-    spec = importlib.util.spec_from_file_location("browser_check", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load("browser_check")
     if module.find_chromium() is None:
         pytest.skip("no Chromium on this machine and it could not be installed "
                     "(.ci/run installs Debian's chromium package when missing)")

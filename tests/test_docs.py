@@ -2,27 +2,19 @@
 and covers every public module and name."""
 
 import importlib
-import importlib.util
 import re
 from pathlib import Path
 
 import pytest
+from _docs_scripts import DOCS, load
 
-ROOT = Path(__file__).resolve().parent.parent
-DOCS = ROOT / "docs"
+ROOT = DOCS.parent
 MIN_EXAMPLES = 8
-
-
-def _builder():
-    spec = importlib.util.spec_from_file_location("docs_build", DOCS / "build.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def builder():
-    return _builder()
+    return load("build")
 
 
 @pytest.fixture(scope="module")
