@@ -60,7 +60,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     commands = ["ldae demo --quick"] + ([] if args.quick else ["ldae demo"])
     runs = [run(command) for command in commands]
-    training = resolve_precision("auto", torch.device("cpu"), training=True)
+    training = resolve_precision("auto", torch.device("cpu"), "training")
     result = {
         "command": "python benchmarks/bench_demo.py" + (" --quick" if args.quick else ""),
         "runs": runs,

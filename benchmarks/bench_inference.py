@@ -26,6 +26,10 @@ where they take less than --max-seconds. A call that would take longer than
 estimated at the FLOP rate of the LDAE step of the same architecture in this run
 (marked "est.").
 
+For the `small` architecture, a DDIM decode loop of 10 LDAE steps is also timed against
+10 × one step at 1 to 16 scans per call: whether the loop adds cost beyond its network
+calls, and what batching scans buys (the library samples 2 × batch_size scans per call).
+
 With ``--quality``, both models are also trained for the same wall time on a small
 synthetic cohort (LDAE with the quick settings of bench_model_quality; the voxel DAE
 for as many epochs as fit in LDAE's fit time, from the time of one epoch) and their
@@ -59,7 +63,7 @@ from ldae import LDAEEncoder
 from ldae._files import write_atomically
 from ldae.baselines import VoxelDAEEncoder
 from ldae.datasets import make_synthetic_cohort
-from ldae.diffusion import NoiseSchedule
+from ldae.diffusion import NoiseSchedule, ddim_decode
 from ldae.generation import autoencoder_reconstruction
 from ldae.imaging import as_volume_dataset
 from ldae.metrics import psnr, ssim
@@ -72,6 +76,8 @@ OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
 QUICK = dict(cases=[((32, 40, 32), "small", 8)], steps=[10, 20, 50, 100])
 FULL = dict(cases=[((32, 40, 32), "small", 8), ((128, 160, 128), "small", 1),
                    ((128, 160, 128), "paper", 1)], steps=[10, 20, 50, 100])
+# scans per call of the DDIM-loop measurement, by grid (the library samples 2 x batch_size)
+LOOP_BATCHES = {(32, 40, 32): (1, 4, 16), (128, 160, 128): (1, 2)}
 CHECK_STEPS = 10
 QUALITY = dict(subjects=20, held_out_scans=8, steps=[10, 20],
                ldae=dict(ae_epochs=4, diffusion_epochs=10, representation_epochs=10))
@@ -116,9 +122,9 @@ def fitted_models(shape, architecture, scan, device):
     """Both models with untrained (0-epoch) networks: timing does not depend on training."""
     ldae = LDAEEncoder(preset=architecture, image_shape=shape, ae_epochs=0, diffusion_epochs=0,
                        representation_epochs=0, validation_fraction=0, random_state=0,
-                       device=device).fit(scan)
+                       device=device, precision="fp32").fit(scan)
     voxel = VoxelDAEEncoder(preset=f"{architecture}-ldae-unet", image_shape=shape, epochs=0,
-                            random_state=0, device=device).fit(scan)
+                            random_state=0, device=device, precision="fp32").fit(scan)
     return ldae, voxel
 
 
@@ -227,6 +233,8 @@ def benchmark_case(shape, architecture, n_scans, steps, max_seconds, device, say
         "where_ldae_reconstruct_time_goes": {count: where_time_goes(calls["LDAE"], count)
                                              for count in (min(steps), max(steps))},
         "check": end_to_end_check(ldae, voxel, scans, seconds, max_seconds, say),
+        "ddim_loop": ddim_loop(ldae, LOOP_BATCHES.get(tuple(shape), (1,)) if architecture == "small"
+                               else (), CHECK_STEPS, max_seconds, device),
     }
 
 
@@ -247,6 +255,28 @@ def end_to_end_check(ldae, voxel, scans, seconds, max_seconds, say):
             check[f"{name} {column}"] = {"measured_s": measured, "composed_s": composed}
             say(f"check {name} {column}: measured {measured:.3g} s, composed {composed:.3g} s")
     return check
+
+
+def ddim_loop(model, batches, steps, max_seconds, device):
+    """Per scan, one LDAE step and a ``steps``-step DDIM decode loop at each number of scans
+    per call: the loop's cost beyond its network calls, and what batching scans buys."""
+    schedule = NoiseSchedule()
+    rows = []
+    for size in batches:
+        z = torch.randn(size, *model.config_.latent_shape, device=device)
+        y = torch.randn(size, model.config_.embedding_dim, device=device)
+        t = torch.full((size,), TIMESTEP, device=device)
+
+        def eps_fn(z_t, t_, y=y):
+            return shifted_eps(model.unet_, model.estimator_, z_t, t_, y, schedule)
+
+        with torch.inference_mode():
+            step = measure(lambda: eps_fn(z, t), max_seconds, size)["seconds"]
+            ddim_decode(eps_fn, z, schedule, 1)  # warm-up
+            loop = _seconds(lambda: ddim_decode(eps_fn, z, schedule, steps)) / size
+        rows.append({"scans per call": size, "step s per scan": step, "loop s per scan": loop,
+                     "loop / (steps x step)": loop / (steps * step)})
+    return rows
 
 
 def _parameters(network):
@@ -339,6 +369,11 @@ def _markdown(result):
                            "composed s": f"{value['composed_s']:.3g}",
                            "measured / composed": f"{value['measured_s'] / value['composed_s']:.2f}"}
                           for name, value in case["check"].items()]))]
+        if case.get("ddim_loop"):
+            lines += ["", f"A DDIM decode loop of {CHECK_STEPS} LDAE steps against {CHECK_STEPS} × "
+                      "one step, per scan, by scans per call:", "",
+                      markdown_table(pd.DataFrame(case["ddim_loop"]).map(
+                          lambda v: v if isinstance(v, int) else f"{v:.3g}"))]
         lines.append("")
     if "quality" in result:
         quality = result["quality"]
@@ -348,7 +383,8 @@ def _markdown(result):
                   f"{quality['training_seconds']['LDAE']:.0f} s ({quality['ldae_epochs']}), the "
                   f"voxel DAE {quality['voxel_dae_epochs']} epochs in "
                   f"{quality['training_seconds']['voxel DAE']:.0f} s. Seconds per scan include "
-                  "preprocessing and the autoencoder.", "",
+                  "preprocessing and the autoencoder; both models at their default "
+                  "precision=\"auto\".", "",
                   markdown_table(pd.DataFrame([
                       {"model": row["model"], "DDIM steps": row["steps"] or "",
                        "SSIM": f"{row['ssim']:.4f}", "PSNR (dB)": f"{row['psnr']:.2f}",

@@ -11,8 +11,14 @@ fp32 ones, against the fp32 embeddings' standard deviation (5 %), on the 1-epoch
 and on the fp32-trained model of the training section (an untrained code's spread across
 scans is tiny against its rounding: only a trained model judges a precision).
 
+Sampling: ``reconstruct`` of the trained model's held-out scans at 20 DDIM steps per
+precision (``auto`` runs the DDIM steps and the decoding in bf16 on a CPU with native
+bf16): seconds, SSIM to the scans (tolerance: within 0.005 of fp32's), and the lowest SSIM
+and the largest difference to the fp32 reconstruction.
+
 Reading: ``transform`` of gzipped NIfTI files at 128x160x128 (the paper's grid, `small`
-architecture, untrained) against nibabel decoding + preprocessing of the same files.
+architecture, untrained) against nibabel decoding + preprocessing of the same files, and
+``reconstruct`` of one of them at 4 DDIM steps per precision.
 
 Training: the same model is fitted twice on a synthetic cohort, every stage in fp32
 and every stage in bf16 autocast, with validation on held-out subjects; the table
@@ -46,12 +52,15 @@ from ldae.diffusion import NoiseSchedule, diffusion_loss
 from ldae.generation import autoencoder_reconstruction
 from ldae.imaging import as_volume_dataset
 from ldae.metrics import ssim
-from ldae.training.device import autocast, has_native_bf16, resolve_precision
+from ldae.training.device import PURPOSES, autocast, has_native_bf16, resolve_precision
 
 OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
 TOLERANCE = 0.05
 INFERENCE_PRECISIONS = ("fp32", "auto", "bf16")
 FILES_SHAPE = (128, 160, 128)
+SAMPLING_STEPS = 20
+FILES_SAMPLING_STEPS = 4
+SAMPLING_TOLERANCE = 0.005  # |SSIM to the scans - fp32's SSIM to the scans|
 
 
 def _timed(function, repeats):
@@ -122,6 +131,23 @@ def _embedding_differences(model, scans):
             for precision, values in embeddings.items() if precision != "fp32"}
 
 
+def _sampling_differences(model, scans):
+    """Per inference precision: seconds per scan of ``reconstruct`` at SAMPLING_STEPS DDIM
+    steps, its SSIM to the scans, and its differences from the fp32 reconstruction."""
+    volumes, rows = {}, {}
+    for precision in INFERENCE_PRECISIONS:
+        model.set_params(precision=precision)
+        model.reconstruct(scans[:1], steps=1)  # warm-up
+        start = time.perf_counter()
+        volumes[precision] = model.reconstruct(scans, steps=SAMPLING_STEPS)
+        rows[precision] = {"reconstruct (s per scan)": (time.perf_counter() - start) / len(scans),
+                           "SSIM to the scans": float(ssim(volumes[precision], scans).mean())}
+    for precision, row in rows.items():
+        row["lowest SSIM to fp32's"] = float(ssim(volumes[precision], volumes["fp32"]).min())
+        row["max |difference| from fp32's"] = float(np.abs(volumes[precision] - volumes["fp32"]).max())
+    return rows
+
+
 def _files_against_decoding(shape, n_files, scratch):
     """Seconds per scan of nibabel decoding + preprocessing of gzipped NIfTI files at
     ``shape`` and of ``transform`` on the same paths, per inference precision (untrained
@@ -143,6 +169,13 @@ def _files_against_decoding(shape, n_files, scratch):
         seconds[f"transform, {precision}"] = _timed(lambda: model.transform(paths), 1) / n_files
     model.set_params(precision="auto", num_workers=1)
     seconds["transform, auto, 1 loader worker"] = _timed(lambda: model.transform(paths), 1) / n_files
+    model.set_params(num_workers=0)
+    for precision in INFERENCE_PRECISIONS:
+        model.set_params(precision=precision)
+        model.reconstruct(paths[:1], steps=1)  # warm-up
+        start = time.perf_counter()
+        model.reconstruct(paths[:1], steps=FILES_SAMPLING_STEPS)
+        seconds[f"reconstruct ({FILES_SAMPLING_STEPS} steps), {precision}"] = time.perf_counter() - start
     return seconds
 
 
@@ -159,8 +192,8 @@ def main(argv=None):
     rows = {}
     for precision in INFERENCE_PRECISIONS:
         model.set_params(precision=precision)
-        dtype = resolve_precision(precision, torch.device("cpu"), training=True)
-        rows[precision] = {"transform (s per scan)": _timed(lambda: model.transform(scans), 1) / n_scans,
+        dtype = resolve_precision(precision, torch.device("cpu"), "training")
+        rows[precision] = {"transform (s per scan)": _timed(lambda: model.transform(scans), 5) / n_scans,
                            **_training_steps(model, scans[:model.config_.batch_size], dtype, False)}
     if args.compile:
         rows["fp32 + compile"] = {"transform (s per scan)": None,
@@ -168,21 +201,22 @@ def main(argv=None):
     untrained = _embedding_differences(model, scans)
     training, trained_model, held_out_scans, n_train = _training_quality(args.quick)
     trained = _embedding_differences(trained_model, held_out_scans)
+    sampling = _sampling_differences(trained_model, held_out_scans)
     speedups = {precision: rows["fp32"]["transform (s per scan)"] / rows[precision]["transform (s per scan)"]
                 for precision in INFERENCE_PRECISIONS}
     with tempfile.TemporaryDirectory() as scratch:
         files = _files_against_decoding(FILES_SHAPE, 3 if args.quick else 12, scratch)
     native = has_native_bf16()
     cpu = torch.device("cpu")
-    auto = {purpose: "bf16" if resolve_precision("auto", cpu, **flag) else "fp32"
-            for purpose, flag in (("training", {"training": True}), ("encoding", {"encoding": True}),
-                                  ("the rest of inference", {}))}
+    auto = {purpose: "bf16" if resolve_precision("auto", cpu, purpose) else "fp32"
+            for purpose in PURPOSES}
     result = {
         "command": "python benchmarks/bench_precision.py" + (" --quick" if args.quick else "")
                    + (" --compile" if args.compile else ""),
         "shape": list(shape), "n_scans": n_scans, "seconds": rows, "transform_speedup": speedups,
         "embedding_difference_over_std": {"untrained (1 epoch)": untrained, "trained": trained},
-        "tolerance": TOLERANCE, "auto": auto, "files_shape": list(FILES_SHAPE),
+        "tolerance": TOLERANCE, "sampling_steps": SAMPLING_STEPS, "sampling": sampling,
+        "sampling_tolerance": SAMPLING_TOLERANCE, "auto": auto, "files_shape": list(FILES_SHAPE),
         "files_seconds_per_scan": files,
         "training": {"scans": n_train, "held_out_scans": len(held_out_scans), "by_precision": training},
         "machine": {"processor": platform.processor(), "native_bf16": native,
@@ -207,8 +241,8 @@ def _markdown(result, quick):
              f"CPU capability {machine['cpu_capability']}, native bf16: {machine['native_bf16']}, "
              f"{machine['threads']} threads, load average {machine['load_average']}. Inference "
              "precisions: `fp32` everywhere; `auto` on this machine (the autoencoder's encoding in "
-             f"{result['auto']['encoding']}, the rest of inference in "
-             f"{result['auto']['the rest of inference']}); `bf16` everywhere.", "",
+             f"{result['auto']['encoding']}, the semantic encoder in {result['auto']['embedding']}, "
+             f"DDIM steps and decoding in {result['auto']['sampling']}); `bf16` everywhere.", "",
              f"## Speed ({'×'.join(map(str, result['shape']))}, {result['n_scans']} scans, `small` "
              "architecture fitted 1 epoch per stage: speed only)", "",
              "| precision | transform (s/scan) | transform speed-up (×) | autoencoder step (s) | "
@@ -229,22 +263,38 @@ def _markdown(result, quick):
               f"{result['training']['held_out_scans']} held-out scans. An untrained code's spread "
               "across scans is tiny against its rounding, so only the trained model judges a "
               "precision.", "",
-              f"## `transform` on gzipped NIfTI files at {'×'.join(map(str, result['files_shape']))} "
+              f"## Reconstruction against fp32 (the trained model, {SAMPLING_STEPS} DDIM steps; "
+              f"tolerance: SSIM to the scans within {result['sampling_tolerance']} of fp32's)", "",
+              "| precision | " + " | ".join(result["sampling"]["fp32"]) + " | speed-up (×) | within |",
+              "|---|" + "---|" * (len(result["sampling"]["fp32"]) + 2)]
+    sampling = result["sampling"]
+    for name, row in sampling.items():
+        speedup = sampling["fp32"]["reconstruct (s per scan)"] / row["reconstruct (s per scan)"]
+        within = abs(row["SSIM to the scans"] - sampling["fp32"]["SSIM to the scans"]) \
+            < result["sampling_tolerance"]
+        lines.append(f"| {name} | " + " | ".join(f"{v:.4g}" for v in row.values())
+                     + f" | {speedup:.3g} | {within} |")
+    lines += ["", f"## `transform` and `reconstruct` on gzipped NIfTI files at {'×'.join(map(str, result['files_shape']))} "
               "against reading them (`small` architecture, untrained)", "",
               "| step | s per scan | scans/s | / nibabel decode + preprocessing |", "|---|---|---|---|"]
     files = result["files_seconds_per_scan"]
     reading = files["nibabel decode + preprocessing"]
+    reconstruct = {step: seconds for step, seconds in files.items() if step.startswith("reconstruct")}
     for step, seconds in files.items():
-        lines.append(f"| {step} | {seconds:.3g} | {1 / seconds:.3g} | {reading / seconds:.3g} |")
+        if step not in reconstruct:
+            lines.append(f"| {step} | {seconds:.3g} | {1 / seconds:.3g} | {reading / seconds:.3g} |")
+    fp32 = reconstruct[f"reconstruct ({FILES_SAMPLING_STEPS} steps), fp32"]
+    lines += ["", f"One file reconstructed at {FILES_SAMPLING_STEPS} DDIM steps:", "",
+              "| step | s per scan | speed-up over fp32 (×) |", "|---|---|---|"]
+    lines += [f"| {step} | {seconds:.3g} | {fp32 / seconds:.3g} |" for step, seconds in reconstruct.items()]
     lines += ["", f"## Training in fp32 and in bf16 ({result['training']['scans']} scans, validation "
               f"and SSIM on {result['training']['held_out_scans']} scans of held-out subjects)", "",
               "| precision | " + " | ".join(training["fp32"]) + " |",
               "|---|" + "---|" * len(training["fp32"])]
     for name, row in training.items():
         lines.append(f"| {name} | " + " | ".join(f"{v:.4g}" for v in row.values()) + " |")
-    lines += ["", f"`precision=\"auto\"` on this machine: {result['auto']['training']} for training, "
-              f"{result['auto']['encoding']} for encoding scans at inference, "
-              f"{result['auto']['the rest of inference']} for the rest of inference."]
+    lines += ["", "`precision=\"auto\"` on this machine: " + ", ".join(
+        f"{dtype} for {purpose}" for purpose, dtype in result["auto"].items()) + "."]
     return "\n".join(lines)
 
 

@@ -133,9 +133,9 @@ class LDAEEncoder(DocumentationLinkMixin, GenerativeMixin, ClassNamePrefixFeatur
         "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
     precision : {"auto", "bf16", "fp32"}, default="auto"
         "auto": bfloat16 autocast on GPUs; on CPUs with native bf16 (AVX-512 BF16,
-        AMX), bfloat16 for the training steps and for the autoencoder's encoding of
-        scans (the latents that fit caches and transform reads), float32 for the rest
-        (the semantic encoder, the denoiser, decoding); float32 on other CPUs.
+        AMX), bfloat16 for the training steps, the autoencoder's encoding of scans
+        (the latents that fit caches and transform reads), the DDIM steps and decoding,
+        float32 for the semantic encoder; float32 on other CPUs.
     num_workers : int, default=0
         DataLoader worker processes that load and preprocess scans.
     random_state : int, RandomState instance or None, default=None
@@ -288,7 +288,7 @@ class LDAEEncoder(DocumentationLinkMixin, GenerativeMixin, ClassNamePrefixFeatur
         device = resolve_device(self.device)
         parallel = distributed.start(device)  # a torchrun launch: data-parallel training
         device = device if parallel is None else parallel.device
-        dtype = resolve_precision(self.precision, device, training=True)
+        dtype = resolve_precision(self.precision, device, "training")
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         train_index, val_index = self._split(len(dataset), groups, seed)
         checkpoints = self._checkpoints(config, preprocessing, dataset, seed, train_index)
@@ -337,7 +337,7 @@ class LDAEEncoder(DocumentationLinkMixin, GenerativeMixin, ClassNamePrefixFeatur
         with latent_array((len(dataset), *config.latent_shape), self.cache_dir) as z0:
             # at transform's precision, so that a training scan's latent is the one transform sees
             encode_latents(autoencoder, loaders.in_order(dataset), device,
-                           resolve_precision(self.precision, device, encoding=True), out=z0)
+                           resolve_precision(self.precision, device, "encoding"), out=z0)
             self.scale_factor_ = 1.0 / standard_deviation(z0, train_index)
             scale_in_place(z0, self.scale_factor_)
             self._fit_latent_stages(z0, dataset, train_index, val_index, device, dtype, seed,
@@ -359,7 +359,7 @@ class LDAEEncoder(DocumentationLinkMixin, GenerativeMixin, ClassNamePrefixFeatur
         encoder, a batch at a time (``z0`` may be a memory-mapped cache)."""
         device = next(self.semantic_encoder_.parameters()).device
         size = self.config_.batch_size * 2
-        with autocast(device, resolve_precision(self.precision, device)):
+        with autocast(device, resolve_precision(self.precision, device, "embedding")):
             return torch.cat([
                 self.semantic_encoder_(z0[torch.as_tensor(index[start:start + size])].to(device))
                 .float().cpu() for start in range(0, len(index), size)])
@@ -498,7 +498,7 @@ class LDAEEncoder(DocumentationLinkMixin, GenerativeMixin, ClassNamePrefixFeatur
     def _batches(self, dataset, compute):
         """Apply ``compute(volumes)`` to batches of the dataset on the model's device."""
         device = next(self.autoencoder_.parameters()).device
-        dtype = resolve_precision(self.precision, device)
+        dtype = resolve_precision(self.precision, device, "embedding")
         loader = DataLoader(dataset, batch_size=self.config_.batch_size * 2,
                             num_workers=self.num_workers)
         for batch in loader:
@@ -513,13 +513,14 @@ class LDAEEncoder(DocumentationLinkMixin, GenerativeMixin, ClassNamePrefixFeatur
 
     def _latent_batch(self, volumes):
         with autocast(volumes.device, resolve_precision(self.precision, volumes.device,
-                                                        encoding=True)):
+                                                        "encoding")):
             mean, _ = self.autoencoder_.encode(volumes)
         return mean.float() * self.scale_factor_
 
     def _decode_latent(self, z):
         """Inverse of ``_latent_batch``: volumes (B, 1, D, H, W) of diffusion latents."""
-        return self.autoencoder_.decode(z / self.scale_factor_)
+        with autocast(z.device, resolve_precision(self.precision, z.device, "sampling")):
+            return self.autoencoder_.decode(z / self.scale_factor_)
 
     def _embed_batch(self, volumes):
         if self.config_.semantic_encoder == "latent":

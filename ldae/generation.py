@@ -440,7 +440,7 @@ def _conditional_eps(encoder, y, schedule):
 def _in_batches(encoder, compute, *tensors):
     """``compute(*chunks)`` over row batches, on the encoder's device; float32 CPU result."""
     device = next(encoder.autoencoder_.parameters()).device
-    dtype = resolve_precision(encoder.precision, device)
+    dtype = resolve_precision(encoder.precision, device, "sampling")
     size = encoder.config_.batch_size * 2
     results = []
     for start in range(0, len(tensors[0]), size):

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -14,15 +15,17 @@ CPU = torch.device("cpu")
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_precision_trains_in_bf16_only_on_cpus_with_native_bf16(monkeypatch, native):
     monkeypatch.setattr(device_module, "has_native_bf16", lambda: native)
-    assert resolve_precision("auto", CPU, training=True) is (torch.bfloat16 if native else None)
+    assert resolve_precision("auto", CPU, "training") is (torch.bfloat16 if native else None)
 
 
 @pytest.mark.parametrize("native", [True, False])
-def test_auto_precision_infers_in_fp32_on_a_cpu_except_the_encoding_of_scans(monkeypatch, native):
+def test_auto_precision_embeds_in_fp32_on_a_cpu_and_encodes_and_samples_in_bf16_where_native(
+        monkeypatch, native):
     monkeypatch.setattr(device_module, "has_native_bf16", lambda: native)
-    assert resolve_precision("auto", CPU) is None
-    assert resolve_precision("auto", CPU, encoding=True) is (torch.bfloat16 if native else None)
-    assert resolve_precision("fp32", CPU, encoding=True) is None
+    assert resolve_precision("auto", CPU, "embedding") is None
+    for purpose in ("encoding", "sampling"):
+        assert resolve_precision("auto", CPU, purpose) is (torch.bfloat16 if native else None)
+        assert resolve_precision("fp32", CPU, purpose) is None
 
 
 @pytest.mark.parametrize("native", [True, False])
@@ -49,15 +52,17 @@ def test_transform_encodes_in_bf16_and_embeds_in_fp32_on_a_native_bf16_cpu(monke
     assert (embeddings == fp32).all() is not native
 
 
-@pytest.mark.parametrize("training", [True, False])
-def test_explicit_precision_applies_to_training_and_inference(training):
-    assert resolve_precision("bf16", CPU, training=training) is torch.bfloat16
-    assert resolve_precision("fp32", CPU, training=training) is None
+@pytest.mark.parametrize("purpose", ["training", "encoding", "embedding", "sampling"])
+def test_explicit_precision_applies_to_training_and_inference(purpose):
+    assert resolve_precision("bf16", CPU, purpose) is torch.bfloat16
+    assert resolve_precision("fp32", CPU, purpose) is None
 
 
 def test_unknown_precision_is_named():
     with pytest.raises(InputError, match="precision='fp16'"):
-        resolve_precision("fp16", CPU)
+        resolve_precision("fp16", CPU, "embedding")
+    with pytest.raises(ValueError, match="purpose='inference'"):
+        resolve_precision("auto", CPU, "inference")
 
 
 def test_fit_trains_and_caches_latents_in_bf16_on_a_native_bf16_cpu(monkeypatch):
@@ -96,3 +101,50 @@ def test_baselines_train_with_the_training_precision(monkeypatch):
     scans = make_synthetic_cohort(2, shape=(32, 40, 32), random_state=0).images[:4]
     VoxelDAEEncoder(preset="tiny", epochs=1, random_state=0).fit(scans)
     assert seen == [torch.bfloat16]
+
+
+def test_reconstruct_samples_in_bf16_within_tolerance_of_fp32_on_a_native_bf16_cpu(monkeypatch):
+    import copy
+
+    from _generative_model import STEPS, cohort, fitted_encoder
+
+    from ldae.metrics import ssim
+
+    monkeypatch.setattr(device_module, "has_native_bf16", lambda: True)
+    model = copy.deepcopy(fitted_encoder())
+    scans = cohort().images[:4]
+    seen = {}
+
+    def recorder(name):
+        def record(module, args, output):
+            seen.setdefault(name, set()).add(output.dtype)
+        return record
+
+    model.unet_.out.register_forward_hook(recorder("denoiser"))
+    model.autoencoder_.decoder.register_forward_hook(recorder("decoder"))
+    auto = model.set_params(precision="auto").reconstruct(scans, steps=STEPS)
+    assert seen == {"denoiser": {torch.bfloat16}, "decoder": {torch.bfloat16}}
+    fp32 = model.set_params(precision="fp32").reconstruct(scans, steps=STEPS)
+    assert not np.array_equal(auto, fp32)
+    # the tolerance of benchmarks/bench_precision.py: the same reconstruction quality
+    assert abs(ssim(auto, scans).mean() - ssim(fp32, scans).mean()) < 0.005
+    assert ssim(auto, fp32).min() > 0.99
+
+
+def test_the_voxel_dae_samples_in_bf16_and_embeds_in_fp32_on_a_native_bf16_cpu(monkeypatch):
+    from ldae.baselines import VoxelDAEEncoder
+
+    monkeypatch.setattr(device_module, "has_native_bf16", lambda: True)
+    scans = make_synthetic_cohort(2, shape=(32, 40, 32), random_state=0).images[:2]
+    model = VoxelDAEEncoder(preset="tiny", epochs=1, random_state=0).fit(scans)
+    seen = {}
+
+    def recorder(name):
+        def record(module, args, output):
+            seen.setdefault(name, set()).add(output.dtype)
+        return record
+
+    model.denoiser_.register_forward_hook(recorder("denoiser"))
+    model.semantic_encoder_.register_forward_hook(recorder("semantic encoder"))
+    model.reconstruct(scans, steps=2)
+    assert seen == {"denoiser": {torch.bfloat16}, "semantic encoder": {torch.float32}}

@@ -138,7 +138,7 @@ class VolumeEncoderBase(DocumentationLinkMixin, ClassNamePrefixFeaturesOutMixin,
                                             config.grid_affine)
         dataset = as_volume_dataset(X, preprocessing, cache_dir=self.cache_dir)
         device = resolve_device(self.device)
-        dtype = resolve_precision(self.precision, device, training=True)
+        dtype = resolve_precision(self.precision, device, "training")
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         self.config_ = config
         self.preprocessing_ = preprocessing
@@ -159,7 +159,7 @@ class VolumeEncoderBase(DocumentationLinkMixin, ClassNamePrefixFeaturesOutMixin,
         """Yield ``compute(volumes)`` over batches of X's (B, 1, D, H, W) volumes on the
         model's device, as float32 CPU tensors."""
         device = next(self.semantic_encoder_.parameters()).device
-        dtype = resolve_precision(self.precision, device)
+        dtype = resolve_precision(self.precision, device, "embedding")
         loader = DataLoader(self._dataset(X), batch_size=self.config_.batch_size * 2,
                             num_workers=self.num_workers)
         for batch in loader:

@@ -22,7 +22,7 @@ from torch import nn
 from ..diffusion import NoiseSchedule, build_latent_unet, ddim_decode, ddim_encode, diffusion_loss
 from ..exceptions import InputError
 from ..representation import SliceSemanticEncoder
-from ..training.device import autocast
+from ..training.device import autocast, resolve_precision
 from ..training.ema import exponential_moving_average
 from ..training.loop import Stage, optimisation_step, train_stage
 from ..training.stages import as_volume_batch
@@ -183,7 +183,7 @@ class VoxelDAEEncoder(VolumeEncoderBase):
         Folder caching preprocessed volumes of files between passes.
     device : str, default="auto"
     precision : {"auto", "bf16", "fp32"}, default="auto"
-        As in :class:`~ldae.LDAEEncoder` (bf16 training on CPUs with native bf16).
+        As in :class:`~ldae.LDAEEncoder` (on CPUs with native bf16: bf16 training and DDIM steps).
     num_workers : int, default=0
         DataLoader worker processes.
     random_state : int, RandomState instance or None, default=None
@@ -317,8 +317,9 @@ class VoxelDAEEncoder(VolumeEncoderBase):
 
         def round_trip(volumes):
             y, x_T = self._codes(volumes, steps)
-            return _image_space(ddim_decode(_conditional_eps(self.denoiser_, y), x_T, schedule,
-                                            steps))[:, 0]
+            with self._sampling(volumes):
+                z0 = ddim_decode(_conditional_eps(self.denoiser_, y), x_T, schedule, steps)
+            return _image_space(z0)[:, 0]
 
         volumes = torch.cat(list(self._batches(X, round_trip))).numpy()
         if isinstance(X, np.ndarray):
@@ -327,9 +328,15 @@ class VoxelDAEEncoder(VolumeEncoderBase):
 
     def _codes(self, volumes, steps):
         y = self.semantic_encoder_(volumes)
-        x_T = ddim_encode(_conditional_eps(self.denoiser_, y), _diffusion_space(volumes),
-                          NoiseSchedule(), steps)
+        with self._sampling(volumes):
+            x_T = ddim_encode(_conditional_eps(self.denoiser_, y), _diffusion_space(volumes),
+                              NoiseSchedule(), steps)
         return y, x_T
+
+    def _sampling(self, volumes):
+        """Autocast of the DDIM steps (the semantic encoder runs at the embedding's)."""
+        return autocast(volumes.device, resolve_precision(self.precision, volumes.device,
+                                                          "sampling"))
 
     def _steps(self, steps):
         steps = self.config_.ddim_steps if steps is None else steps

@@ -7,6 +7,7 @@ import torch
 from ..exceptions import InputError
 
 PRECISIONS = ("auto", "bf16", "fp32")
+PURPOSES = ("training", "encoding", "embedding", "sampling")
 
 
 def resolve_device(device):
@@ -25,37 +26,39 @@ def resolve_device(device):
     return resolved
 
 
-def resolve_precision(precision, device, *, training=False, encoding=False):
+def resolve_precision(precision, device, purpose):
     """Return the autocast dtype (``torch.bfloat16``) or ``None`` for full float32.
 
     ``"auto"`` uses bfloat16 on GPUs that support it. On CPUs it uses bfloat16 only on
-    CPUs with native bf16 (AVX-512 BF16, AMX), and there only for training steps and
-    for the autoencoder's encoding of scans at inference. An autoencoder step is about
-    twice as fast and held-out losses stay close to those of fp32 training; bf16
-    latents give embeddings of a trained model within 1 % of their spread of the fp32
-    ones at about half the time of ``transform``. The semantic encoder, the denoiser and
-    the decoder stay float32 at inference on a CPU: the whole embedding in bf16 is
-    further off (``benchmarks/bench_precision.py``). ``"bf16"`` forces bfloat16
-    everywhere, ``"fp32"`` float32 everywhere.
+    CPUs with native bf16 (AVX-512 BF16, AMX), and there for every purpose but the
+    semantic embedding: a training step is about twice as fast with held-out losses
+    close to fp32 training; bf16 latents give embeddings of a trained model within 1 %
+    of their spread of the fp32 ones; DDIM steps and decoding in bf16 reconstruct
+    scans within 0.001 SSIM of fp32 at about half the time. The semantic encoder stays
+    float32 on a CPU: the whole embedding in bf16 is further off
+    (``benchmarks/bench_precision.py``). ``"bf16"`` forces bfloat16 everywhere,
+    ``"fp32"`` float32 everywhere.
 
     Parameters
     ----------
     precision : {"auto", "bf16", "fp32"}
     device : torch.device
-    training : bool, default=False
-        Whether the dtype is for training steps.
-    encoding : bool, default=False
-        Whether the dtype is for the autoencoder's encoder at inference.
+    purpose : {"training", "encoding", "embedding", "sampling"}
+        What the dtype is for: training steps; the autoencoder's encoding of scans at
+        inference; the semantic encoder at inference; DDIM steps and the decoding of
+        latents into volumes.
     """
     if precision not in PRECISIONS:
         raise InputError(f"precision={precision!r} is not one of {PRECISIONS}")
+    if purpose not in PURPOSES:
+        raise ValueError(f"purpose={purpose!r} is not one of {PURPOSES}")
     if precision == "fp32":
         return None
     if precision == "bf16":
         return torch.bfloat16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if (training or encoding) and has_native_bf16() else None
+    return torch.bfloat16 if purpose != "embedding" and has_native_bf16() else None
 
 
 def has_native_bf16():
