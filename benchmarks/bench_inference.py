@@ -39,8 +39,9 @@ they took, next to the autoencoder alone.
     python benchmarks/bench_inference.py --quick   # 32x40x32, small architecture (~5 min)
     python benchmarks/bench_inference.py --quick --quality   # + quality at equal training time (~12 min)
     python benchmarks/bench_inference.py           # + 128x160x128, small and paper architectures
+    python benchmarks/bench_inference.py --device cuda --precision bf16   # on a GPU, mixed precision
 
-Writes docs/benchmarks/inference[_quick].json and .md.
+Writes docs/benchmarks/inference[_quick][_cuda][_bf16].json and .md.
 """
 
 import argparse
@@ -69,6 +70,7 @@ from ldae.imaging import as_volume_dataset
 from ldae.metrics import psnr, ssim
 from ldae.model_selection import markdown_table
 from ldae.representation import shifted_eps
+from ldae.training.device import autocast, resolve_precision
 
 OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
 # (grid, architecture, scans per call): the small grid at the preset's batch size, the
@@ -118,13 +120,13 @@ def measure(call, max_seconds, n_scans):
 # ------------------------------------------------------------------ the two models
 
 
-def fitted_models(shape, architecture, scan, device):
+def fitted_models(shape, architecture, scan, device, precision):
     """Both models with untrained (0-epoch) networks: timing does not depend on training."""
     ldae = LDAEEncoder(preset=architecture, image_shape=shape, ae_epochs=0, diffusion_epochs=0,
                        representation_epochs=0, validation_fraction=0, random_state=0,
-                       device=device, precision="fp32").fit(scan)
+                       device=device, precision=precision).fit(scan)
     voxel = VoxelDAEEncoder(preset=f"{architecture}-ldae-unet", image_shape=shape, epochs=0,
-                            random_state=0, device=device, precision="fp32").fit(scan)
+                            random_state=0, device=device, precision=precision).fit(scan)
     return ldae, voxel
 
 
@@ -189,9 +191,10 @@ def where_time_goes(calls, steps):
 # ------------------------------------------------------------------ one case
 
 
-def benchmark_case(shape, architecture, n_scans, steps, max_seconds, device, say):
+def benchmark_case(shape, architecture, n_scans, steps, max_seconds, device, precision, say):
     scans = make_synthetic_cohort(max(2, n_scans // 2), shape=shape, random_state=0).images[:n_scans]
-    ldae, voxel = fitted_models(shape, architecture, scans[:1], device)
+    ldae, voxel = fitted_models(shape, architecture, scans[:1], device, precision)
+    dtype = resolve_precision(precision, device, "sampling")
 
     def preprocess():
         dataset = as_volume_dataset(scans, ldae.preprocessing_)
@@ -202,7 +205,7 @@ def benchmark_case(shape, architecture, n_scans, steps, max_seconds, device, say
 
     calls = {"LDAE": {"preprocessing": preprocessing}, "voxel DAE": {"preprocessing": preprocessing}}
     ldae_network_calls, reads_latent = ldae_calls(ldae, volumes, device)
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(device, dtype):
         for name, call in ldae_network_calls.items():
             calls["LDAE"][name] = measure(call, max_seconds, n_scans)
             say(f"{shape} {architecture} LDAE {name}: {calls['LDAE'][name]['seconds']:.3g} s")
@@ -234,7 +237,7 @@ def benchmark_case(shape, architecture, n_scans, steps, max_seconds, device, say
                                              for count in (min(steps), max(steps))},
         "check": end_to_end_check(ldae, voxel, scans, seconds, max_seconds, say),
         "ddim_loop": ddim_loop(ldae, LOOP_BATCHES.get(tuple(shape), (1,)) if architecture == "small"
-                               else (), CHECK_STEPS, max_seconds, device),
+                               else (), CHECK_STEPS, max_seconds, device, dtype),
     }
 
 
@@ -257,7 +260,7 @@ def end_to_end_check(ldae, voxel, scans, seconds, max_seconds, say):
     return check
 
 
-def ddim_loop(model, batches, steps, max_seconds, device):
+def ddim_loop(model, batches, steps, max_seconds, device, dtype):
     """Per scan, one LDAE step and a ``steps``-step DDIM decode loop at each number of scans
     per call: the loop's cost beyond its network calls, and what batching scans buys."""
     schedule = NoiseSchedule()
@@ -270,7 +273,7 @@ def ddim_loop(model, batches, steps, max_seconds, device):
         def eps_fn(z_t, t_, y=y):
             return shifted_eps(model.unet_, model.estimator_, z_t, t_, y, schedule)
 
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(device, dtype):
             step = measure(lambda: eps_fn(z, t), max_seconds, size)["seconds"]
             ddim_decode(eps_fn, z, schedule, 1)  # warm-up
             loop = _seconds(lambda: ddim_decode(eps_fn, z, schedule, steps)) / size
@@ -332,7 +335,7 @@ def _scored(model, steps, targets, reconstruct):
 def _markdown(result):
     lines = [f"# Inference cost: LDAE against the voxel DAE with the same denoiser ({result['mode']})",
              "", f"Command: `{result['command']}`", "",
-             f"Device: {result['machine']['device']}, float32, {result['machine']['threads']} "
+             f"Device: {result['machine']['device']}, {result['precision']}, {result['machine']['threads']} "
              f"torch threads, load average at start {result['machine']['load_average']}. "
              "Untrained (0-epoch) networks: the figures time network calls, not model quality. "
              "Seconds per scan of each method are composed from the timed calls (see "
@@ -397,6 +400,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="32x40x32, small architecture")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="of every network call and public method, both models (bf16: "
+                             "autocast, the mixed precision of a GPU)")
     parser.add_argument("--quality", action="store_true",
                         help="also train both models for the same wall time and score "
                              "their reconstructions of held-out scans")
@@ -410,13 +416,14 @@ def main(argv=None):
     result = {
         "command": " ".join(["python benchmarks/bench_inference.py", *(sys.argv[1:] if argv is None else argv)]),
         "mode": "quick" if args.quick else "full",
+        "precision": "float32" if args.precision == "fp32" else "bfloat16 autocast",
         "machine": {"device": (torch.cuda.get_device_name() if device.type == "cuda"
                                else platform.processor() or "CPU"),
                     "python": platform.python_version(), "torch": torch.__version__,
                     "threads": torch.get_num_threads(),
                     "load_average": [round(x, 1) for x in os.getloadavg()]},
         "cases": [benchmark_case(shape, architecture, n_scans, settings["steps"],
-                                 args.max_seconds, device, print)
+                                 args.max_seconds, device, args.precision, print)
                   for shape, architecture, n_scans in settings["cases"]],
     }
     if args.quality:
@@ -425,6 +432,8 @@ def main(argv=None):
     name = "inference_quick" if args.quick else "inference"
     if device.type == "cuda":
         name += "_cuda"
+    if args.precision != "fp32":
+        name += f"_{args.precision}"
     write_text(OUTPUT / f"{name}.json", json.dumps(result, indent=2) + "\n")
     markdown = _markdown(result)
     write_text(OUTPUT / f"{name}.md", markdown + "\n")
