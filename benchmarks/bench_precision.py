@@ -12,9 +12,11 @@ and on the fp32-trained model of the training section (an untrained code's sprea
 scans is tiny against its rounding: only a trained model judges a precision).
 
 Sampling: ``reconstruct`` of the trained model's held-out scans at 20 DDIM steps per
-precision (``auto`` runs the DDIM steps and the decoding in bf16 on a CPU with native
-bf16): seconds, SSIM to the scans (tolerance: within 0.005 of fp32's), and the lowest SSIM
-and the largest difference to the fp32 reconstruction.
+precision (``auto`` runs the DDIM steps and the decoding in fp32, ``bf16`` in bf16):
+seconds, SSIM to the scans (tolerance: within 0.005 of fp32's), the lowest SSIM and the
+largest difference to the fp32 reconstruction, and how well the change ``manipulate``
+makes (two SDs along a fixed random direction of the embedding) keeps its shape: the
+lowest cosine between each scan's change and its fp32 change.
 
 Reading: ``transform`` of gzipped NIfTI files at 128x160x128 (the paper's grid, `small`
 architecture, untrained) against nibabel decoding + preprocessing of the same files, and
@@ -142,10 +144,28 @@ def _sampling_differences(model, scans):
         volumes[precision] = model.reconstruct(scans, steps=SAMPLING_STEPS)
         rows[precision] = {"reconstruct (s per scan)": (time.perf_counter() - start) / len(scans),
                            "SSIM to the scans": float(ssim(volumes[precision], scans).mean())}
+    edits = _manipulation_edits(model, scans)
     for precision, row in rows.items():
         row["lowest SSIM to fp32's"] = float(ssim(volumes[precision], volumes["fp32"]).min())
         row["max |difference| from fp32's"] = float(np.abs(volumes[precision] - volumes["fp32"]).max())
+        cosines = np.sum(edits[precision] * edits["fp32"], axis=1) / (
+            np.linalg.norm(edits[precision], axis=1) * np.linalg.norm(edits["fp32"], axis=1))
+        row["edit cosine to fp32's (lowest)"] = float(cosines.min())
     return rows
+
+
+def _manipulation_edits(model, scans):
+    """Per inference precision, the change ``manipulate`` makes to each scan moving it two
+    SDs of the embeddings along a fixed random direction, flattened (n_scans, voxels)."""
+    direction = np.random.default_rng(0).standard_normal(model.config_.embedding_dim)
+    direction /= np.linalg.norm(direction)
+    edits = {}
+    for precision in INFERENCE_PRECISIONS:
+        model.set_params(precision=precision)
+        spread = float(np.std(model.transform(scans) @ direction))
+        moved = model.manipulate(scans, direction, [0.0, 2 * spread], steps=SAMPLING_STEPS)
+        edits[precision] = (moved[1] - moved[0]).reshape(len(scans), -1)
+    return edits
 
 
 def _files_against_decoding(shape, n_files, scratch):
@@ -242,7 +262,8 @@ def _markdown(result, quick):
              f"{machine['threads']} threads, load average {machine['load_average']}. Inference "
              "precisions: `fp32` everywhere; `auto` on this machine (the autoencoder's encoding in "
              f"{result['auto']['encoding']}, the semantic encoder in {result['auto']['embedding']}, "
-             f"DDIM steps and decoding in {result['auto']['sampling']}); `bf16` everywhere.", "",
+             f"DDIM steps and decoding in {result['auto']['sampling']}, the latents a fit caches in "
+             f"{result['auto']['caching']}); `bf16` everywhere.", "",
              f"## Speed ({'×'.join(map(str, result['shape']))}, {result['n_scans']} scans, `small` "
              "architecture fitted 1 epoch per stage: speed only)", "",
              "| precision | transform (s/scan) | transform speed-up (×) | autoencoder step (s) | "

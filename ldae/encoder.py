@@ -133,9 +133,11 @@ class LDAEEncoder(DocumentationLinkMixin, GenerativeMixin, ClassNamePrefixFeatur
         "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
     precision : {"auto", "bf16", "fp32"}, default="auto"
         "auto": bfloat16 autocast on GPUs; on CPUs with native bf16 (AVX-512 BF16,
-        AMX), bfloat16 for the training steps, the autoencoder's encoding of scans
-        (the latents that fit caches and transform reads), the DDIM steps and decoding,
-        float32 for the semantic encoder; float32 on other CPUs.
+        AMX), bfloat16 for the training steps and the autoencoder's encoding of scans
+        in transform, float32 for the semantic encoder, the DDIM steps and decoding;
+        float32 on other CPUs. On every device, fit caches the latents its diffusion
+        and representation stages train on in float32 (trained on bf16 latents, the
+        embedding separated AD from CN less well).
     num_workers : int, default=0
         DataLoader worker processes that load and preprocess scans.
     random_state : int, RandomState instance or None, default=None
@@ -335,9 +337,8 @@ class LDAEEncoder(DocumentationLinkMixin, GenerativeMixin, ClassNamePrefixFeatur
             train_loader, loaders.volumes(dataset, val_index), checkpoints, device, seed,
         )
         with latent_array((len(dataset), *config.latent_shape), self.cache_dir) as z0:
-            # at transform's precision, so that a training scan's latent is the one transform sees
             encode_latents(autoencoder, loaders.in_order(dataset), device,
-                           resolve_precision(self.precision, device, "encoding"), out=z0)
+                           resolve_precision(self.precision, device, "caching"), out=z0)
             self.scale_factor_ = 1.0 / standard_deviation(z0, train_index)
             scale_in_place(z0, self.scale_factor_)
             self._fit_latent_stages(z0, dataset, train_index, val_index, device, dtype, seed,

@@ -19,13 +19,13 @@ def test_auto_precision_trains_in_bf16_only_on_cpus_with_native_bf16(monkeypatch
 
 
 @pytest.mark.parametrize("native", [True, False])
-def test_auto_precision_embeds_in_fp32_on_a_cpu_and_encodes_and_samples_in_bf16_where_native(
+def test_auto_precision_on_a_cpu_encodes_scans_in_bf16_where_native_and_the_rest_in_fp32(
         monkeypatch, native):
     monkeypatch.setattr(device_module, "has_native_bf16", lambda: native)
-    assert resolve_precision("auto", CPU, "embedding") is None
-    for purpose in ("encoding", "sampling"):
-        assert resolve_precision("auto", CPU, purpose) is (torch.bfloat16 if native else None)
-        assert resolve_precision("fp32", CPU, purpose) is None
+    assert resolve_precision("auto", CPU, "encoding") is (torch.bfloat16 if native else None)
+    for purpose in ("caching", "embedding", "sampling"):
+        assert resolve_precision("auto", CPU, purpose) is None
+        assert resolve_precision("bf16", CPU, purpose) is torch.bfloat16
 
 
 @pytest.mark.parametrize("native", [True, False])
@@ -52,7 +52,7 @@ def test_transform_encodes_in_bf16_and_embeds_in_fp32_on_a_native_bf16_cpu(monke
     assert (embeddings == fp32).all() is not native
 
 
-@pytest.mark.parametrize("purpose", ["training", "encoding", "embedding", "sampling"])
+@pytest.mark.parametrize("purpose", ["training", "caching", "encoding", "embedding", "sampling"])
 def test_explicit_precision_applies_to_training_and_inference(purpose):
     assert resolve_precision("bf16", CPU, purpose) is torch.bfloat16
     assert resolve_precision("fp32", CPU, purpose) is None
@@ -65,7 +65,7 @@ def test_unknown_precision_is_named():
         resolve_precision("auto", CPU, "inference")
 
 
-def test_fit_trains_and_caches_latents_in_bf16_on_a_native_bf16_cpu(monkeypatch):
+def test_fit_trains_in_bf16_and_caches_latents_in_fp32_on_a_native_bf16_cpu(monkeypatch):
     monkeypatch.setattr(device_module, "has_native_bf16", lambda: True)
     seen = {}
 
@@ -83,7 +83,7 @@ def test_fit_trains_and_caches_latents_in_bf16_on_a_native_bf16_cpu(monkeypatch)
     LDAEEncoder(preset="tiny", ae_epochs=1, diffusion_epochs=1, representation_epochs=1,
                 random_state=0).fit(scans)
     assert seen == {"autoencoder_stage": torch.bfloat16, "diffusion_stage": torch.bfloat16,
-                    "representation_stage": torch.bfloat16, "encode_latents": torch.bfloat16}
+                    "representation_stage": torch.bfloat16, "encode_latents": None}
 
 
 def test_baselines_train_with_the_training_precision(monkeypatch):
@@ -103,7 +103,7 @@ def test_baselines_train_with_the_training_precision(monkeypatch):
     assert seen == [torch.bfloat16]
 
 
-def test_reconstruct_samples_in_bf16_within_tolerance_of_fp32_on_a_native_bf16_cpu(monkeypatch):
+def test_reconstruct_samples_in_fp32_under_auto_and_in_bf16_within_tolerance_of_it(monkeypatch):
     import copy
 
     from _generative_model import STEPS, cohort, fitted_encoder
@@ -122,16 +122,18 @@ def test_reconstruct_samples_in_bf16_within_tolerance_of_fp32_on_a_native_bf16_c
 
     model.unet_.out.register_forward_hook(recorder("denoiser"))
     model.autoencoder_.decoder.register_forward_hook(recorder("decoder"))
-    auto = model.set_params(precision="auto").reconstruct(scans, steps=STEPS)
+    fp32 = model.set_params(precision="auto").reconstruct(scans, steps=STEPS)
+    assert seen == {"denoiser": {torch.float32}, "decoder": {torch.float32}}
+    seen.clear()
+    bf16 = model.set_params(precision="bf16").reconstruct(scans, steps=STEPS)
     assert seen == {"denoiser": {torch.bfloat16}, "decoder": {torch.bfloat16}}
-    fp32 = model.set_params(precision="fp32").reconstruct(scans, steps=STEPS)
-    assert not np.array_equal(auto, fp32)
+    assert not np.array_equal(bf16, fp32)
     # the tolerance of benchmarks/bench_precision.py: the same reconstruction quality
-    assert abs(ssim(auto, scans).mean() - ssim(fp32, scans).mean()) < 0.005
-    assert ssim(auto, fp32).min() > 0.99
+    assert abs(ssim(bf16, scans).mean() - ssim(fp32, scans).mean()) < 0.005
+    assert ssim(bf16, fp32).min() > 0.99
 
 
-def test_the_voxel_dae_samples_in_bf16_and_embeds_in_fp32_on_a_native_bf16_cpu(monkeypatch):
+def test_the_voxel_dae_samples_at_the_sampling_precision(monkeypatch):
     from ldae.baselines import VoxelDAEEncoder
 
     monkeypatch.setattr(device_module, "has_native_bf16", lambda: True)
@@ -147,4 +149,7 @@ def test_the_voxel_dae_samples_in_bf16_and_embeds_in_fp32_on_a_native_bf16_cpu(m
     model.denoiser_.register_forward_hook(recorder("denoiser"))
     model.semantic_encoder_.register_forward_hook(recorder("semantic encoder"))
     model.reconstruct(scans, steps=2)
-    assert seen == {"denoiser": {torch.bfloat16}, "semantic encoder": {torch.float32}}
+    assert seen == {"denoiser": {torch.float32}, "semantic encoder": {torch.float32}}
+    seen.clear()
+    model.set_params(precision="bf16").reconstruct(scans, steps=2)
+    assert seen == {"denoiser": {torch.bfloat16}, "semantic encoder": {torch.bfloat16}}

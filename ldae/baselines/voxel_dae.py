@@ -183,7 +183,7 @@ class VoxelDAEEncoder(VolumeEncoderBase):
         Folder caching preprocessed volumes of files between passes.
     device : str, default="auto"
     precision : {"auto", "bf16", "fp32"}, default="auto"
-        As in :class:`~ldae.LDAEEncoder` (on CPUs with native bf16: bf16 training and DDIM steps).
+        As in :class:`~ldae.LDAEEncoder` (bf16 training on CPUs with native bf16).
     num_workers : int, default=0
         DataLoader worker processes.
     random_state : int, RandomState instance or None, default=None

@@ -7,7 +7,7 @@ import torch
 from ..exceptions import InputError
 
 PRECISIONS = ("auto", "bf16", "fp32")
-PURPOSES = ("training", "encoding", "embedding", "sampling")
+PURPOSES = ("training", "caching", "encoding", "embedding", "sampling")
 
 
 def resolve_device(device):
@@ -29,22 +29,27 @@ def resolve_device(device):
 def resolve_precision(precision, device, purpose):
     """Return the autocast dtype (``torch.bfloat16``) or ``None`` for full float32.
 
-    ``"auto"`` uses bfloat16 on GPUs that support it. On CPUs it uses bfloat16 only on
-    CPUs with native bf16 (AVX-512 BF16, AMX), and there for every purpose but the
-    semantic embedding: a training step is about twice as fast with held-out losses
-    close to fp32 training; bf16 latents give embeddings of a trained model within 1 %
-    of their spread of the fp32 ones; DDIM steps and decoding in bf16 reconstruct
-    scans within 0.001 SSIM of fp32 at about half the time. The semantic encoder stays
-    float32 on a CPU: the whole embedding in bf16 is further off
-    (``benchmarks/bench_precision.py``). ``"bf16"`` forces bfloat16 everywhere,
-    ``"fp32"`` float32 everywhere.
+    ``"auto"`` caches the latents that stages 2 and 3 train on in float32 on every
+    device: trained on bf16-encoded latents, the `small` model's embedding lost 0.03 to
+    0.07 ROC-AUC on each of three seeds (``benchmarks/bench_model_quality.py``), and the
+    cache is computed once per fit. For the rest, ``"auto"`` uses bfloat16 on GPUs that
+    support it; on CPUs it uses bfloat16 only on CPUs with native bf16 (AVX-512 BF16,
+    AMX), and there for training steps and for the autoencoder's encoding of scans at
+    inference: a training step is about twice as fast with held-out losses close to
+    fp32 training; bf16 latents give embeddings of a trained model within 1 % of their
+    spread of the fp32 ones. The semantic encoder stays float32 on a CPU (the whole
+    embedding in bf16 is further off), and so do DDIM steps and decoding: in bf16 they
+    reconstruct scans within 0.001 SSIM of fp32 at about half the time, but the small
+    changes a manipulation makes lose their shape (``benchmarks/bench_precision.py``).
+    ``"bf16"`` forces bfloat16 everywhere, ``"fp32"`` float32 everywhere.
 
     Parameters
     ----------
     precision : {"auto", "bf16", "fp32"}
     device : torch.device
-    purpose : {"training", "encoding", "embedding", "sampling"}
-        What the dtype is for: training steps; the autoencoder's encoding of scans at
+    purpose : {"training", "caching", "encoding", "embedding", "sampling"}
+        What the dtype is for: training steps; the autoencoder's encoding of the
+        training scans into the latents a fit caches; its encoding of scans at
         inference; the semantic encoder at inference; DDIM steps and the decoding of
         latents into volumes.
     """
@@ -56,9 +61,11 @@ def resolve_precision(precision, device, purpose):
         return None
     if precision == "bf16":
         return torch.bfloat16
+    if purpose == "caching":
+        return None
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if purpose != "embedding" and has_native_bf16() else None
+    return torch.bfloat16 if purpose in ("training", "encoding") and has_native_bf16() else None
 
 
 def has_native_bf16():
