@@ -45,6 +45,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
+from sklearn.metrics.pairwise import paired_cosine_distances
 
 from ldae import LDAEEncoder
 from ldae._files import write_atomically
@@ -148,8 +149,7 @@ def _sampling_differences(model, scans):
     for precision, row in rows.items():
         row["lowest SSIM to fp32's"] = float(ssim(volumes[precision], volumes["fp32"]).min())
         row["max |difference| from fp32's"] = float(np.abs(volumes[precision] - volumes["fp32"]).max())
-        cosines = np.sum(edits[precision] * edits["fp32"], axis=1) / (
-            np.linalg.norm(edits[precision], axis=1) * np.linalg.norm(edits["fp32"], axis=1))
+        cosines = 1.0 - paired_cosine_distances(edits[precision], edits["fp32"])
         row["edit cosine to fp32's (lowest)"] = float(cosines.min())
     return rows
 

@@ -1,15 +1,29 @@
+import copy
+
 import numpy as np
 import pytest
 import torch
+from _generative_model import STEPS, cohort, fitted_encoder
 
 from ldae import LDAEEncoder
 from ldae import encoder as encoder_module
+from ldae.baselines import VoxelDAEEncoder, voxel_dae
 from ldae.datasets import make_synthetic_cohort
 from ldae.exceptions import InputError
+from ldae.metrics import ssim
 from ldae.training import device as device_module
 from ldae.training.device import resolve_precision
 
 CPU = torch.device("cpu")
+
+
+def dtype_recorder(seen):
+    """``recorder(name)``: a forward hook adding each output's dtype to ``seen[name]``."""
+    def recorder(name):
+        def record(module, args, output):
+            seen.setdefault(name, set()).add(output.dtype)
+        return record
+    return recorder
 
 
 @pytest.mark.parametrize("native", [True, False])
@@ -87,8 +101,6 @@ def test_fit_trains_in_bf16_and_caches_latents_in_fp32_on_a_native_bf16_cpu(monk
 
 
 def test_baselines_train_with_the_training_precision(monkeypatch):
-    from ldae.baselines import VoxelDAEEncoder, voxel_dae
-
     monkeypatch.setattr(device_module, "has_native_bf16", lambda: True)
     seen = []
     original = voxel_dae.voxel_dae_stage
@@ -104,21 +116,11 @@ def test_baselines_train_with_the_training_precision(monkeypatch):
 
 
 def test_reconstruct_samples_in_fp32_under_auto_and_in_bf16_within_tolerance_of_it(monkeypatch):
-    import copy
-
-    from _generative_model import STEPS, cohort, fitted_encoder
-
-    from ldae.metrics import ssim
-
     monkeypatch.setattr(device_module, "has_native_bf16", lambda: True)
     model = copy.deepcopy(fitted_encoder())
     scans = cohort().images[:4]
     seen = {}
-
-    def recorder(name):
-        def record(module, args, output):
-            seen.setdefault(name, set()).add(output.dtype)
-        return record
+    recorder = dtype_recorder(seen)
 
     model.unet_.out.register_forward_hook(recorder("denoiser"))
     model.autoencoder_.decoder.register_forward_hook(recorder("decoder"))
@@ -134,17 +136,11 @@ def test_reconstruct_samples_in_fp32_under_auto_and_in_bf16_within_tolerance_of_
 
 
 def test_the_voxel_dae_samples_at_the_sampling_precision(monkeypatch):
-    from ldae.baselines import VoxelDAEEncoder
-
     monkeypatch.setattr(device_module, "has_native_bf16", lambda: True)
     scans = make_synthetic_cohort(2, shape=(32, 40, 32), random_state=0).images[:2]
     model = VoxelDAEEncoder(preset="tiny", epochs=1, random_state=0).fit(scans)
     seen = {}
-
-    def recorder(name):
-        def record(module, args, output):
-            seen.setdefault(name, set()).add(output.dtype)
-        return record
+    recorder = dtype_recorder(seen)
 
     model.denoiser_.register_forward_hook(recorder("denoiser"))
     model.semantic_encoder_.register_forward_hook(recorder("semantic encoder"))
