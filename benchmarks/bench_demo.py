@@ -8,8 +8,9 @@ core count and whether ``precision="auto"`` trains in bf16 on it are recorded.
 
     python benchmarks/bench_demo.py            # both demos
     python benchmarks/bench_demo.py --quick    # only `ldae demo --quick`
+    python benchmarks/bench_demo.py --quick --name avx2   # another machine's figures
 
-Writes docs/benchmarks/demo[_quick].json and .md.
+Writes docs/benchmarks/demo[_quick][_NAME].json and .md.
 """
 
 import argparse
@@ -57,12 +58,14 @@ def run(command):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="only the quick demo")
+    parser.add_argument("--name", default=None, help="suffix of the output files")
     args = parser.parse_args(argv)
     commands = ["ldae demo --quick"] + ([] if args.quick else ["ldae demo"])
     runs = [run(command) for command in commands]
     training = resolve_precision("auto", torch.device("cpu"), "training")
     result = {
-        "command": "python benchmarks/bench_demo.py" + (" --quick" if args.quick else ""),
+        "command": "python benchmarks/bench_demo.py" + (" --quick" if args.quick else "")
+                   + (f" --name {args.name}" if args.name else ""),
         "runs": runs,
         "machine": {"cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "training_precision": "bf16" if training is not None else "fp32",
@@ -87,6 +90,7 @@ def main(argv=None):
                            "mean ± sd over subject-grouped folds):", "", run["probe_table"])],
     ])
     name = "demo_quick" if args.quick else "demo"
+    name += f"_{args.name}" if args.name else ""
     OUTPUT.mkdir(parents=True, exist_ok=True)
     write_atomically(OUTPUT / f"{name}.json",
                      lambda temporary: temporary.write_text(json.dumps(result, indent=2) + "\n"))
