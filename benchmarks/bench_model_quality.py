@@ -202,7 +202,8 @@ def manipulation_growth(model, images, frame, held_out, embeddings, voxel_ml):
         projection = embeddings @ unit
         gap = float(projection[is_ad].mean() - projection[is_cn].mean())
         moved = model.manipulate(images[chosen], unit, [0.0, STEPS_IN_GAPS[-1] * gap])
-        change = ventricle_volume(moved[1], mask, voxel_ml) - ventricle_volume(moved[0], mask, voxel_ml)
+        before, after = ventricle_volume(moved, mask, voxel_ml)
+        change = after - before
         result[name] = {"gap": gap, "growth_ml": float(change.mean()),
                         "growth_sd_ml": float(change.std(ddof=1)) if len(change) > 1 else None,
                         "fraction_of_real_difference": float(change.mean()) / real_difference,
@@ -267,8 +268,8 @@ def summarise(runs):
             "reconstruction − autoencoder SSIM": (run["reconstruction_ssim_20_steps"]
                                                   - run["autoencoder_ssim"]),
             "manipulation growth / real AD − CN": run["manipulation"]["fraction_of_real_difference"],
-            "manipulation growth / real AD − CN, mean-difference direction": (
-                run["manipulation"]["mean_difference"]["fraction_of_real_difference"]),
+            "manipulation growth / real AD − CN, mean-difference direction":
+                run["manipulation"]["mean_difference"]["fraction_of_real_difference"],
             "interpolation − autoencoder SSIM": (
                 run["interpolation"]["ldae_ssim"]
                 - run["interpolation"]["autoencoder_ssim_of_middle_visit"]),

@@ -25,6 +25,6 @@ def fitted_encoder():
     # It trains in fp32 so that it is the same model on every CPU and whichever test asks
     # for it first: under precision="auto" it would train in bf16 on a CPU with native bf16
     # and in fp32 elsewhere, and a test that simulates native bf16 would train it in
-    # emulated bf16, some 15x slower where the CPU has none.
+    # emulated bf16, 10-30x slower than fp32 where the CPU has none.
     return LDAEEncoder(preset="tiny", ae_epochs=3, diffusion_epochs=5, representation_epochs=5,
                        precision="fp32", random_state=0).fit(cohort().images)

@@ -16,7 +16,7 @@ from ldae.training.device import resolve_precision
 
 CPU = torch.device("cpu")
 # Tests that simulate a CPU with native bf16 run real bf16 arithmetic, which a CPU without
-# it emulates some 15x slower: they fit and sample at this small grid.
+# it emulates 10-30x slower than fp32: they fit and sample at this small grid.
 SMALL_GRID = (16, 16, 16)
 
 
@@ -27,6 +27,10 @@ def small_scans(n):
 def small_model(**params):
     return LDAEEncoder(preset="tiny", image_shape=SMALL_GRID, ae_epochs=1, diffusion_epochs=1,
                        representation_epochs=1, random_state=0, **params)
+
+
+def small_voxel_dae():
+    return VoxelDAEEncoder(preset="tiny", image_shape=SMALL_GRID, epochs=1, random_state=0)
 
 
 def dtype_recorder(seen):
@@ -119,14 +123,14 @@ def test_baselines_train_with_the_training_precision(monkeypatch):
         return original(*args)
 
     monkeypatch.setattr(voxel_dae, "voxel_dae_stage", recording)
-    VoxelDAEEncoder(preset="tiny", image_shape=SMALL_GRID, epochs=1, random_state=0).fit(small_scans(4))
+    small_voxel_dae().fit(small_scans(4))
     assert seen == [torch.bfloat16]
 
 
 def test_reconstruct_samples_in_fp32_under_auto_and_in_bf16_within_tolerance_of_it(monkeypatch):
     monkeypatch.setattr(device_module, "has_native_bf16", lambda: True)
     model = copy.deepcopy(fitted_encoder())
-    scans = cohort().images[:2]  # two: bf16 sampling of the trained 32x40x32 model is emulated on some CPUs
+    scans = cohort().images[:2]  # few: without native bf16, bf16 sampling at 32x40x32 is slow
     seen = {}
     recorder = dtype_recorder(seen)
 
@@ -146,7 +150,7 @@ def test_reconstruct_samples_in_fp32_under_auto_and_in_bf16_within_tolerance_of_
 def test_the_voxel_dae_samples_at_the_sampling_precision(monkeypatch):
     monkeypatch.setattr(device_module, "has_native_bf16", lambda: True)
     scans = small_scans(2)
-    model = VoxelDAEEncoder(preset="tiny", image_shape=SMALL_GRID, epochs=1, random_state=0).fit(scans)
+    model = small_voxel_dae().fit(scans)
     seen = {}
     recorder = dtype_recorder(seen)
 

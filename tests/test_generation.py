@@ -114,8 +114,8 @@ def test_manipulation_along_a_probe_steers_the_decoder_along_one_direction(encod
     probe.fit(encoder.transform(images), (frame["diagnosis"] == "AD").to_numpy())
     unit = embedding_direction(probe, encoder.config_.embedding_dim)
     spread = float(np.std(encoder.transform(images) @ unit))
-    # one SD each way: the decoder's near-linear range, where the two changes agree on every
-    # model and CPU measured (cosines >= 0.84 at random_state 0-3 in fp32; at 3 SDs 0.08-0.90)
+    # one SD each way: the decoder's near-linear range, where the two changes agree for every
+    # model measured (fp32 on an AVX2 CPU, random_state 0-3: cosines >= 0.84; at 3 SDs 0.08-0.90)
     alphas = [-spread, 0.0, spread]
 
     moved = encoder.manipulate(baselines[:3], probe, alphas, steps=STEPS)
