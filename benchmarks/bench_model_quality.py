@@ -208,9 +208,7 @@ def manipulation_growth(model, images, frame, held_out, embeddings, voxel_ml):
                         "growth_sd_ml": float(change.std(ddof=1)) if len(change) > 1 else None,
                         "fraction_of_real_difference": float(change.mean()) / real_difference,
                         "max_voxel_change": float(np.abs(moved[1] - moved[0]).max())}
-    # the probe's figures also at the top level, as earlier runs stored them
-    return {**result, **{key: result["probe"][key] for key in
-                         ("growth_ml", "fraction_of_real_difference", "max_voxel_change")}}
+    return result
 
 
 def interpolation_quality(model, images, frame, held_out):
@@ -267,7 +265,8 @@ def summarise(runs):
             "PCA − LDAE age MAE": mae[PCA] - mae["LDAE"],
             "reconstruction − autoencoder SSIM": (run["reconstruction_ssim_20_steps"]
                                                   - run["autoencoder_ssim"]),
-            "manipulation growth / real AD − CN": run["manipulation"]["fraction_of_real_difference"],
+            "manipulation growth / real AD − CN":
+                run["manipulation"]["probe"]["fraction_of_real_difference"],
             "manipulation growth / real AD − CN, mean-difference direction":
                 run["manipulation"]["mean_difference"]["fraction_of_real_difference"],
             "interpolation − autoencoder SSIM": (
@@ -317,7 +316,8 @@ def render(result):
                 run["interpolation"]["ldae_ssim"],
                 run["interpolation"]["autoencoder_ssim_of_middle_visit"]),
             "ventricles +2 gaps, mL (real AD − CN)": "{:+.2f} ({:+.2f})".format(
-                run["manipulation"]["growth_ml"], run["manipulation"]["real_ad_minus_cn_ml"]),
+                run["manipulation"]["probe"]["growth_ml"],
+                run["manipulation"]["real_ad_minus_cn_ml"]),
             "ventricles, mean-difference direction, mL": "{:+.2f}".format(
                 run["manipulation"]["mean_difference"]["growth_ml"]),
             "shuffled/own (all)": run["steering_ratio"],
