@@ -876,9 +876,7 @@ def _plain_params(params):
     for key, value in params.items():
         if key == "preprocessing" or key == "random_state" and not (value is None or isinstance(value, int)):
             plain[key] = None
-        elif isinstance(value, tuple):
-            plain[key] = list(value)
-        elif value is None or isinstance(value, (bool, int, float, str, list)):
+        elif value is None or isinstance(value, (bool, int, float, str, list, tuple)):
             plain[key] = value
         else:
             plain[key] = str(value)

@@ -16,18 +16,19 @@ from sklearn.model_selection import GridSearchCV, GroupKFold, StratifiedGroupKFo
 from sklearn.pipeline import Pipeline
 
 from ldae import LDAEEncoder
-from ldae.datasets import make_synthetic_cohort
 from ldae.exceptions import CheckpointError, InputError
 from ldae.imaging import as_volume_dataset
 from ldae.training import latents, stages
 from ldae.training.checkpoint import load_checkpoint, save_checkpoint
 
-FAST = dict(preset="tiny", ae_epochs=2, diffusion_epochs=2, representation_epochs=2)
+from _small import GRID, small_cohort
+
+FAST = dict(preset="tiny", image_shape=GRID, ae_epochs=2, diffusion_epochs=2, representation_epochs=2)
 
 
 @pytest.fixture(scope="module")
 def cohort():
-    return make_synthetic_cohort(6, shape=(32, 40, 32), random_state=0)
+    return small_cohort(6)
 
 
 @pytest.fixture(scope="module")
@@ -206,7 +207,7 @@ def test_bad_arguments_are_named(cohort):
     with pytest.raises(InputError, match="preset"):
         LDAEEncoder(preset="huge").fit(cohort.images)
     with pytest.raises(InputError, match="image_shape"):
-        LDAEEncoder(**FAST, image_shape=(30, 40, 32)).fit(cohort.images)
+        LDAEEncoder(**{**FAST, "image_shape": (15, 16, 16)}).fit(cohort.images)
     with pytest.raises(InputError, match="groups"):
         LDAEEncoder(**FAST).fit(cohort.images, groups=[0, 1])
     with pytest.raises(InputError, match="device"):
@@ -255,7 +256,7 @@ def test_zero_representation_epochs_give_the_untrained_control_of_the_same_fit(c
 
 
 def test_cross_validate_pipeline_on_synthetic_cohort():
-    cohort = make_synthetic_cohort(18, shape=(32, 40, 32), random_state=1)
+    cohort = small_cohort(18, random_state=1)
     frame = cohort.frame
     label = (frame.diagnosis != "CN").to_numpy().astype(int)
     pipeline = Pipeline([("ldae", LDAEEncoder(**FAST, random_state=0)),
@@ -335,10 +336,12 @@ def test_a_fit_that_changes_only_stage_3_reuses_the_checkpoints_of_stages_1_and_
 # ----------------------------------------------------------------- presets
 
 
-def test_paper_preset_constructs_and_embeds_one_full_size_scan():
-    model = LDAEEncoder(preset="paper", ae_epochs=0, diffusion_epochs=0, representation_epochs=0,
-                        random_state=0, device="cpu")
-    scan = np.random.default_rng(0).random((1, 128, 160, 128), dtype=np.float32)
+def test_paper_preset_builds_the_papers_networks_and_a_full_size_scan_flows_through_them():
+    # fitted and embedding through the public API on a 32^3 grid (the paper's 128x160x128
+    # takes 80 s on two CPU cores: bench_inference measures it) ...
+    model = LDAEEncoder(preset="paper", image_shape=(32, 32, 32), ae_epochs=0, diffusion_epochs=0,
+                        representation_epochs=0, random_state=0, device="cpu")
+    scan = np.random.default_rng(0).random((1, 32, 32, 32), dtype=np.float32)
     model.fit(scan)
     counts = {name: sum(p.numel() for p in getattr(model, name).parameters())
               for name in ("autoencoder_", "unet_", "semantic_encoder_", "estimator_")}
@@ -346,6 +349,13 @@ def test_paper_preset_constructs_and_embeds_one_full_size_scan():
     assert 1e7 < counts["autoencoder_"] < 1e8
     assert 1e8 < counts["unet_"] < 1e9
     assert model.transform(scan).shape == (1, 768)
+    # ... and the networks take a full-size scan: shapes only, on the meta device
+    full_size = torch.empty(1, 1, 128, 160, 128, device="meta")
+    latent, _ = model.autoencoder_.to("meta").encode(full_size)
+    assert latent.shape == (1, 3, 16, 20, 16)
+    noise = model.unet_.to("meta")(latent, timesteps=torch.zeros(1, dtype=torch.long, device="meta"))
+    assert noise.shape == latent.shape
+    assert model.semantic_encoder_.to("meta")(full_size).shape == (1, 768)
 
 
 def test_identical_training_scans_warn_and_keep_embeddings_in_scale(cohort):
