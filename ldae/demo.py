@@ -33,6 +33,7 @@ from .generation import embedding_direction
 from .metrics import ssim
 from .plotting import (plot_interpolation, plot_manipulation, plot_reconstruction,
                        plot_training_history, plot_variations)
+from .presets import resolve_config
 from .probes import PCA_OF_VOXELS, probe_embeddings
 from .quality_control import QualityControl, reconstruction_error, simulate_corruptions
 from .report import Report
@@ -69,8 +70,8 @@ def run_demo(output_dir="ldae-demo", *, quick=False, n_subjects=None, encoder=No
     n_subjects : int, optional
         Overrides the number of synthetic subjects (at least ``MIN_SUBJECTS``, 20).
     encoder : LDAEEncoder, optional
-        An unfitted model to use instead of the "small" preset (it is cloned; its
-        image shape must be the demo's 32x40x32).
+        An unfitted model to use instead of the "small" preset (it is cloned); the
+        cohort is rendered on its grid (``image_shape``).
     random_state : int, default=0
         Seed of the cohort, the model and the folds.
     verbose : int, default=1
@@ -101,8 +102,10 @@ def run_demo(output_dir="ldae-demo", *, quick=False, n_subjects=None, encoder=No
         timings[step] = time.perf_counter() - start
         return result
 
+    shape = DEMO_SHAPE if encoder is None else resolve_config(
+        encoder.preset, image_shape=encoder.image_shape).image_shape
     cohort = timed("cohort", lambda: make_synthetic_cohort(
-        n_subjects, shape=DEMO_SHAPE, random_state=random_state))
+        n_subjects, shape=shape, random_state=random_state))
     frame = cohort.frame
     say(f"cohort: {len(frame)} scans of {frame.subject.nunique()} subjects "
         f"({_counts(frame.diagnosis)}) in {timings['cohort']:.1f} s")
@@ -184,10 +187,11 @@ def _verdict_section(report, probes):
 
 def _cohort_section(report, cohort, quick):
     frame = cohort.frame
+    grid = "x".join(map(str, cohort.images.shape[1:]))
     report.heading("Cohort")
     report.text(
         f"Synthetic longitudinal cohort ({'quick' if quick else 'full'} mode): {len(frame)} scans "
-        f"of {frame.subject.nunique()} subjects on a {'x'.join(map(str, DEMO_SHAPE))} grid, "
+        f"of {frame.subject.nunique()} subjects on a {grid} grid, "
         f"{frame.site.nunique()} sites. Built from the MNI template with known atrophy, so the "
         "ground truth (diagnosis, age, ventricle volume) is exact. It is not ADNI.")
     by_diagnosis = frame.groupby("diagnosis", observed=True).agg(

@@ -11,6 +11,7 @@ import pytest
 from matplotlib.figure import Figure
 from matplotlib.image import imread
 from _docs_scripts import load
+from _small import GRID
 
 from ldae import LDAEEncoder
 from ldae.demo import UNTRAINED, run_demo
@@ -42,8 +43,8 @@ class _Page(HTMLParser):
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     folder = tmp_path_factory.mktemp("demo")
-    tiny = LDAEEncoder(preset="tiny", ae_epochs=1, diffusion_epochs=1, representation_epochs=1,
-                       random_state=0)
+    tiny = LDAEEncoder(preset="tiny", image_shape=GRID, ae_epochs=1, diffusion_epochs=1,
+                       representation_epochs=1, random_state=0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = run_demo(folder, n_subjects=20, encoder=tiny, verbose=0)

@@ -141,7 +141,7 @@ def test_voxel_size_gives_a_grid_over_the_presets_field_of_view():
 
 @pytest.fixture(scope="module")
 def fitted():
-    cohort = make_synthetic_cohort(12, shape=SHAPE, random_state=0)
+    cohort = make_synthetic_cohort(6, shape=SHAPE, random_state=0)
     model = LDAEEncoder(preset="tiny", ae_epochs=2, diffusion_epochs=1, representation_epochs=1,
                         validation_fraction=0, random_state=0).fit(cohort.images)
     return model, cohort

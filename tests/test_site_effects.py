@@ -12,6 +12,8 @@ from ldae.datasets import make_synthetic_cohort
 from ldae.exceptions import InputError
 from ldae.site_effects import SiteHarmonizer, site_prediction_score
 
+from _small import GRID, small_cohort
+
 
 def site_table(n_subjects=40, n_features=4, seed=0):
     """Scans of subjects at 3 sites: site offsets, an age effect, and older subjects at site C."""
@@ -141,12 +143,12 @@ def test_run_study_routes_the_scans_table_to_a_harmoniser_after_ldae():
     from ldae import LDAEEncoder
     from ldae.model_selection import run_study
 
-    cohort = make_synthetic_cohort(18, shape=(32, 40, 32), random_state=1)
+    cohort = small_cohort(18, random_state=1)
     frame = cohort.frame
     is_ad = (frame.diagnosis != "CN").to_numpy().astype(int)
     pipeline = make_pipeline(
-        LDAEEncoder(preset="tiny", ae_epochs=1, diffusion_epochs=1, representation_epochs=1,
-                    random_state=0),
+        LDAEEncoder(preset="tiny", image_shape=GRID, ae_epochs=1, diffusion_epochs=1,
+                    representation_epochs=1, random_state=0),
         SiteHarmonizer(covariates=["age"]), StandardScaler(), LogisticRegression())
     study = run_study({"harmonised LDAE": pipeline}, cohort.images, is_ad,
                       groups=frame.subject, cv=3, scoring="roc_auc", params={"frame": frame})

@@ -12,15 +12,16 @@ from sklearn.utils.estimator_checks import estimator_checks_generator
 from ldae import LDAEEncoder
 from ldae.baselines import SupervisedEncoder, VoxelDAEEncoder
 from ldae.brain_age import BrainAgeRegressor
-from ldae.datasets import make_synthetic_cohort
 from ldae.exceptions import InputError
 from ldae.longitudinal import MixedEffectsRegressor
 from ldae.quality_control import QualityControl
 from ldae.retrieval import SimilarScans
 from ldae.site_effects import SiteHarmonizer
 
-FAST = dict(preset="tiny", ae_epochs=1, diffusion_epochs=1, representation_epochs=1,
-            random_state=0)
+from _small import GRID, small_cohort
+
+FAST = dict(preset="tiny", image_shape=GRID, ae_epochs=1, diffusion_epochs=1,
+            representation_epochs=1, random_state=0)
 _SITE = ("needs the site: a DataFrame with a site column, or the scans' table routed as "
          "frame=; the check passes a bare array and gets the InputError that says so")
 _GROUPS = ("needs the subject of every sample (groups=, routed by metadata routing); the check "
@@ -157,8 +158,10 @@ def test_sklearn_checks_of_the_encoder_presented_as_tabular(estimator, check):
 
 ENCODERS = {
     "LDAEEncoder": lambda: LDAEEncoder(**FAST),
-    "VoxelDAEEncoder": lambda: VoxelDAEEncoder(preset="tiny", epochs=1, random_state=0),
-    "SupervisedEncoder": lambda: SupervisedEncoder(preset="tiny", epochs=1, random_state=0),
+    "VoxelDAEEncoder": lambda: VoxelDAEEncoder(preset="tiny", image_shape=GRID, epochs=1,
+                                               random_state=0),
+    "SupervisedEncoder": lambda: SupervisedEncoder(preset="tiny", image_shape=GRID, epochs=1,
+                                                   random_state=0),
 }
 def _fit(model, X):
     """Fit; the supervised encoder gets alternating labels, the others take none."""
@@ -169,7 +172,7 @@ def _fit(model, X):
 
 @pytest.fixture(scope="module")
 def volumes():
-    return make_synthetic_cohort(4, shape=(32, 40, 32), random_state=0).images
+    return small_cohort(4).images
 
 
 @pytest.fixture(scope="module", params=list(ENCODERS))
