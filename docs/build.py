@@ -15,6 +15,7 @@ import importlib
 import pkgutil
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 DOCS = Path(__file__).resolve().parent
@@ -37,9 +38,9 @@ def public_modules():
 def build(output, *, gallery=True, source=DOCS):
     """Build the HTML site of ``source`` into ``output``, from scratch.
 
-    The API stubs and the gallery pages of an earlier build are deleted first, so every
-    example runs again (sphinx-gallery would otherwise keep the pages of unchanged
-    examples, figures or not).
+    The API stubs, the gallery pages and the examples' shared checkpoints of an earlier
+    build are deleted first, so every example runs again (sphinx-gallery would otherwise
+    keep the pages of unchanged examples, figures or not) and trains their model anew.
 
     Parameters
     ----------
@@ -58,6 +59,8 @@ def build(output, *, gallery=True, source=DOCS):
 
     for generated in ("generated", "auto_examples"):  # never reuse a previous build's pages
         shutil.rmtree(Path(source) / generated, ignore_errors=True)
+    # nor the model the examples share through this checkpoint folder (see examples/)
+    shutil.rmtree(Path(tempfile.gettempdir()) / "ldae-examples", ignore_errors=True)
     arguments = ["-W", "--keep-going", "-q", "-b", "html", "-d", str(Path(output) / ".doctrees")]
     if not gallery:
         arguments += ["-D", "sphinx_gallery_conf.plot_gallery=0"]

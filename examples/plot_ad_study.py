@@ -12,9 +12,8 @@ confidence intervals.
 """
 
 # %%
-# The control is the same fit with ``representation_epochs=0``: with a checkpoint folder
-# it reuses the fit's stages 1 and 2 and keeps the semantic encoder's initial weights.
 import tempfile
+from pathlib import Path
 
 from sklearn.base import clone
 
@@ -23,10 +22,18 @@ from ldae.baselines import SupervisedEncoder
 from ldae.datasets import make_synthetic_cohort
 from ldae.probes import probe_embeddings
 
-cohort = make_synthetic_cohort(24, shape=(32, 40, 32), random_state=1)
+# The gallery's cohort (24 subjects seen at 0, 12 and 24 months) and model: every example
+# fits the same one, so with a shared checkpoint folder the first to run trains it and
+# the others load its stages.
+cohort = make_synthetic_cohort(24, shape=(32, 40, 32), visit_months=(0, 12, 24), dropout=0.0,
+                               random_state=0)
 frame = cohort.frame
-encoder = LDAEEncoder(preset="tiny", random_state=0, checkpoint_dir=tempfile.mkdtemp())
+encoder = LDAEEncoder(preset="tiny", random_state=0,
+                      checkpoint_dir=Path(tempfile.gettempdir()) / "ldae-examples")
 encoder.fit(cohort.images, groups=frame.subject)
+
+# The control is the same fit with ``representation_epochs=0``: with a checkpoint folder
+# it reuses the fit's stages 1 and 2 and keeps the semantic encoder's initial weights.
 control = clone(encoder).set_params(representation_epochs=0).fit(cohort.images,
                                                                  groups=frame.subject)
 

@@ -10,6 +10,9 @@ association studies.
 """
 
 # %%
+import tempfile
+from pathlib import Path
+
 import numpy as np
 from sklearn.model_selection import GroupShuffleSplit
 
@@ -17,9 +20,16 @@ from ldae import LDAEEncoder
 from ldae.brain_age import BrainAgeRegressor
 from ldae.datasets import make_synthetic_cohort
 
-cohort = make_synthetic_cohort(30, shape=(32, 40, 32), random_state=2)
+# The gallery's cohort (24 subjects seen at 0, 12 and 24 months) and model: every example
+# fits the same one, so with a shared checkpoint folder the first to run trains it and
+# the others load its stages.
+cohort = make_synthetic_cohort(24, shape=(32, 40, 32), visit_months=(0, 12, 24), dropout=0.0,
+                               random_state=0)
 frame = cohort.frame
-encoder = LDAEEncoder(preset="tiny", random_state=0).fit(cohort.images, groups=frame.subject)
+encoder = LDAEEncoder(preset="tiny", random_state=0,
+                      checkpoint_dir=Path(tempfile.gettempdir()) / "ldae-examples")
+encoder.fit(cohort.images, groups=frame.subject)
+
 embeddings = encoder.transform(cohort.images)
 
 train, test = next(GroupShuffleSplit(1, test_size=0.3, random_state=0)

@@ -10,15 +10,23 @@ shown on simulated corrupted scans.
 """
 
 # %%
-import numpy as np
+import tempfile
+from pathlib import Path
 
 from ldae import LDAEEncoder
 from ldae.cohort_map import cohort_map, plot_cohort_map
 from ldae.datasets import make_synthetic_cohort
 
-cohort = make_synthetic_cohort(20, shape=(32, 40, 32), random_state=7)
+# The gallery's cohort (24 subjects seen at 0, 12 and 24 months) and model: every example
+# fits the same one, so with a shared checkpoint folder the first to run trains it and
+# the others load its stages.
+cohort = make_synthetic_cohort(24, shape=(32, 40, 32), visit_months=(0, 12, 24), dropout=0.0,
+                               random_state=0)
 frame = cohort.frame
-encoder = LDAEEncoder(preset="tiny", random_state=0).fit(cohort.images, groups=frame.subject)
+encoder = LDAEEncoder(preset="tiny", random_state=0,
+                      checkpoint_dir=Path(tempfile.gettempdir()) / "ldae-examples")
+encoder.fit(cohort.images, groups=frame.subject)
+
 embeddings = encoder.transform(cohort.images)
 figure = plot_cohort_map(cohort_map(embeddings, frame, random_state=0), color="diagnosis")
 

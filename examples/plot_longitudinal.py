@@ -9,14 +9,23 @@ time-by-diagnosis interaction is a dimension that changes faster in one group.
 """
 
 # %%
+import tempfile
+from pathlib import Path
+
 from ldae import LDAEEncoder
 from ldae.datasets import make_synthetic_cohort
 from ldae.longitudinal import fit_mixed_models
 
-cohort = make_synthetic_cohort(20, shape=(32, 40, 32), visit_months=(0, 12, 24, 36),
-                               dropout=0.0, random_state=3)
+# The gallery's cohort (24 subjects seen at 0, 12 and 24 months) and model: every example
+# fits the same one, so with a shared checkpoint folder the first to run trains it and
+# the others load its stages.
+cohort = make_synthetic_cohort(24, shape=(32, 40, 32), visit_months=(0, 12, 24), dropout=0.0,
+                               random_state=0)
 frame = cohort.frame
-encoder = LDAEEncoder(preset="tiny", random_state=0).fit(cohort.images, groups=frame.subject)
+encoder = LDAEEncoder(preset="tiny", random_state=0,
+                      checkpoint_dir=Path(tempfile.gettempdir()) / "ldae-examples")
+encoder.fit(cohort.images, groups=frame.subject)
+
 embeddings = encoder.transform(cohort.images)
 table = fit_mixed_models(embeddings, frame, n_components=4)
 # does a dimension change faster in MCI or AD than in CN? (FDR-corrected over dimensions)

@@ -9,6 +9,9 @@ is what the direction encodes.
 """
 
 # %%
+import tempfile
+from pathlib import Path
+
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
@@ -19,9 +22,16 @@ from ldae.datasets import make_synthetic_cohort
 from ldae.generation import embedding_direction
 from ldae.plotting import plot_manipulation
 
-cohort = make_synthetic_cohort(20, shape=(32, 40, 32), random_state=5)
+# The gallery's cohort (24 subjects seen at 0, 12 and 24 months) and model: every example
+# fits the same one, so with a shared checkpoint folder the first to run trains it and
+# the others load its stages.
+cohort = make_synthetic_cohort(24, shape=(32, 40, 32), visit_months=(0, 12, 24), dropout=0.0,
+                               random_state=0)
 frame = cohort.frame
-encoder = LDAEEncoder(preset="tiny", random_state=0).fit(cohort.images, groups=frame.subject)
+encoder = LDAEEncoder(preset="tiny", random_state=0,
+                      checkpoint_dir=Path(tempfile.gettempdir()) / "ldae-examples")
+encoder.fit(cohort.images, groups=frame.subject)
+
 embeddings = encoder.transform(cohort.images)
 labelled = frame.diagnosis.isin(["CN", "AD"]).to_numpy()
 is_ad = (frame.diagnosis == "AD").to_numpy()

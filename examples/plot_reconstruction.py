@@ -9,13 +9,24 @@ share what the embedding encodes and differ in the rest.
 """
 
 # %%
+import tempfile
+from pathlib import Path
+
 from ldae import LDAEEncoder
 from ldae.datasets import make_synthetic_cohort
 from ldae.metrics import ssim
 from ldae.plotting import plot_reconstruction, plot_variations
 
-cohort = make_synthetic_cohort(16, shape=(32, 40, 32), random_state=4)
-encoder = LDAEEncoder(preset="tiny", random_state=0).fit(cohort.images)
+# The gallery's cohort (24 subjects seen at 0, 12 and 24 months) and model: every example
+# fits the same one, so with a shared checkpoint folder the first to run trains it and
+# the others load its stages.
+cohort = make_synthetic_cohort(24, shape=(32, 40, 32), visit_months=(0, 12, 24), dropout=0.0,
+                               random_state=0)
+frame = cohort.frame
+encoder = LDAEEncoder(preset="tiny", random_state=0,
+                      checkpoint_dir=Path(tempfile.gettempdir()) / "ldae-examples")
+encoder.fit(cohort.images, groups=frame.subject)
+
 scans = cohort.images[:2]
 reconstructions = encoder.reconstruct(scans, steps=10)
 print("SSIM of the reconstructions:", [round(float(ssim(a, b)), 3)

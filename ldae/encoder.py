@@ -411,6 +411,10 @@ class LDAEEncoder(DocumentationLinkMixin, GenerativeMixin, ClassNamePrefixFeatur
         networks the stage averages).
         """
         stage = make_stage()
+        if stage.epochs == 0:
+            # initial weights, which the seed gives again: nothing to resume, and a fit's
+            # checkpoint of this stage stays for the fit (its untrained control shares the folder)
+            checkpoints = None
         completed = checkpoints.load(stage.name) if checkpoints is not None else None
         if completed is not None:
             for key, network in networks.items():

@@ -327,7 +327,10 @@ def test_a_fit_that_changes_only_stage_3_reuses_the_checkpoints_of_stages_1_and_
     for stage in ("autoencoder", "diffusion"):
         assert (tmp_path / f"{stage}.pt").stat().st_mtime_ns == stamps[stage]
         assert control.fit_seconds_[stage] == trained.fit_seconds_[stage]
-    assert (tmp_path / "representation.pt").stat().st_mtime_ns != stamps["representation"]
+    # the fit's own stage 3 stays: fitted again, it loads every stage
+    assert (tmp_path / "representation.pt").stat().st_mtime_ns == stamps["representation"]
+    again = LDAEEncoder(**FAST, random_state=0, checkpoint_dir=tmp_path).fit(cohort.images)
+    assert again.fit_seconds_ == trained.fit_seconds_
     # the same control as a fit from scratch
     scratch = LDAEEncoder(**{**FAST, "representation_epochs": 0}, random_state=0).fit(cohort.images)
     np.testing.assert_array_equal(control.transform(cohort.images), scratch.transform(cohort.images))
