@@ -17,10 +17,10 @@ from ldae import LDAEEncoder
 from ldae.cohort_map import cohort_map, plot_cohort_map
 from ldae.datasets import make_synthetic_cohort
 
-# The gallery's cohort (24 subjects seen at 0, 12 and 24 months) and model: every example
+# The gallery's cohort (16 subjects seen at 0, 12 and 24 months) and model: every example
 # fits the same one, so with a shared checkpoint folder the first to run trains it and
 # the others load its stages.
-cohort = make_synthetic_cohort(24, shape=(32, 40, 32), visit_months=(0, 12, 24), dropout=0.0,
+cohort = make_synthetic_cohort(16, shape=(32, 40, 32), visit_months=(0, 12, 24), dropout=0.0,
                                random_state=0)
 frame = cohort.frame
 encoder = LDAEEncoder(preset="tiny", random_state=0,

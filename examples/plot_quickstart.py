@@ -10,11 +10,11 @@ visits on one side of each split.
 """
 
 # %%
-# A synthetic cohort on a 32x40x32 grid: 24 subjects seen at 0, 12 and 24 months, the
+# A synthetic cohort on a 32x40x32 grid: 16 subjects seen at 0, 12 and 24 months, the
 # cohort of every example in this gallery.
 from ldae.datasets import make_synthetic_cohort
 
-cohort = make_synthetic_cohort(24, shape=(32, 40, 32), visit_months=(0, 12, 24), dropout=0.0,
+cohort = make_synthetic_cohort(16, shape=(32, 40, 32), visit_months=(0, 12, 24), dropout=0.0,
                                random_state=0)
 frame = cohort.frame
 print(frame[["subject", "months", "age", "diagnosis", "site"]].head())

@@ -10,8 +10,8 @@ import numpy as np
 from ldae import LDAEEncoder
 from ldae.training.checkpoint import load_checkpoint
 
-EPOCHS = dict(preset="tiny", ae_epochs=2, diffusion_epochs=2, representation_epochs=8,
-              random_state=0)
+EPOCHS = dict(preset="tiny", image_shape=(16, 16, 16), ae_epochs=2, diffusion_epochs=2,
+              representation_epochs=8, random_state=0)
 
 # Run by each process: fit, then report a digest of the weights and the history.
 SCRIPT = f"""
@@ -31,7 +31,7 @@ with open(os.path.join(sys.argv[3], f"rank{{rank}}.json"), "w") as file:
 
 
 def test_two_processes_train_one_model_as_well_as_one_process_with_their_joint_batch(tmp_path):
-    X = np.random.default_rng(0).gamma(2.0, 50.0, (8, 32, 40, 32)).astype(np.float32)
+    X = np.random.default_rng(0).gamma(2.0, 50.0, (8, 16, 16, 16)).astype(np.float32)
     np.save(tmp_path / "X.npy", X)
     (tmp_path / "fit.py").write_text(SCRIPT)
     launch = subprocess.run(

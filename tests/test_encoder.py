@@ -24,6 +24,7 @@ from ldae.training.checkpoint import load_checkpoint, save_checkpoint
 from _small import GRID, small_cohort
 
 FAST = dict(preset="tiny", image_shape=GRID, ae_epochs=2, diffusion_epochs=2, representation_epochs=2)
+ONE_EPOCH = {**FAST, "ae_epochs": 1, "diffusion_epochs": 1, "representation_epochs": 1}
 
 
 @pytest.fixture(scope="module")
@@ -259,7 +260,7 @@ def test_cross_validate_pipeline_on_synthetic_cohort():
     cohort = small_cohort(18, random_state=1)
     frame = cohort.frame
     label = (frame.diagnosis != "CN").to_numpy().astype(int)
-    pipeline = Pipeline([("ldae", LDAEEncoder(**FAST, random_state=0)),
+    pipeline = Pipeline([("ldae", LDAEEncoder(**ONE_EPOCH, random_state=0)),
                          ("clf", LogisticRegression(max_iter=1000))])
     result = cross_validate(pipeline, cohort.images, label, groups=frame.subject,
                             cv=StratifiedGroupKFold(3), scoring="roc_auc")
@@ -270,7 +271,7 @@ def test_cross_validate_pipeline_on_synthetic_cohort():
 def test_grid_search_over_an_encoder_parameter(cohort):
     label = np.arange(len(cohort.images)) % 2
     search = GridSearchCV(
-        Pipeline([("ldae", LDAEEncoder(**FAST, random_state=0)),
+        Pipeline([("ldae", LDAEEncoder(**ONE_EPOCH, random_state=0)),
                   ("clf", LogisticRegression())]),
         {"ldae__embedding_dim": [8, 16]}, cv=GroupKFold(2), scoring="accuracy",
     )
