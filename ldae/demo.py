@@ -20,7 +20,7 @@ import torch
 from matplotlib import pyplot
 from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import mean_absolute_error, roc_auc_score
+from sklearn.metrics import mean_absolute_error
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -39,7 +39,7 @@ from .quality_control import QualityControl, reconstruction_error, simulate_corr
 from .report import Report
 from .retrieval import SimilarScans, recall_at_k
 from .site_effects import site_prediction_score
-from .stats import bootstrap_ci
+from .stats import bootstrap_ci, rank_roc_auc
 
 DEMO_SHAPE = (32, 40, 32)
 MIN_SUBJECTS = 20
@@ -239,7 +239,7 @@ def _bootstrap_table(probes, random_state):
         row = {"features": model}
         if model in probes.diagnosis.models:
             part = diagnosis[diagnosis.model == model]
-            interval = bootstrap_ci(part.y_true, part.score, roc_auc_score, groups=part.subject,
+            interval = bootstrap_ci(part.y_true, part.score, rank_roc_auc, groups=part.subject,
                                     random_state=random_state)
             row["pooled roc_auc [95% CI]"] = (f"{interval.estimate:.3f} "
                                               f"[{interval.low:.3f}, {interval.high:.3f}]")

@@ -217,6 +217,16 @@ def test_bad_arguments_are_named(cohort):
         LDAEEncoder(**FAST, code_decorrelation=-0.1).fit(cohort.images)
 
 
+def test_a_grid_the_denoiser_cannot_take_is_refused_before_stage_1_trains(monkeypatch):
+    scans = np.random.default_rng(0).random((4, 16, 20, 16), dtype=np.float32)
+    trained = []
+    monkeypatch.setattr("ldae.encoder.autoencoder_stage", lambda *a, **k: trained.append(1))
+    with pytest.raises(InputError, match=r"latent spatial shape \(4, 5, 4\) cannot go through "
+                                         r"a 2-level UNet"):
+        LDAEEncoder(**{**FAST, "image_shape": (16, 20, 16)}).fit(scans)
+    assert trained == []
+
+
 def test_history_and_validation_on_held_out_subjects(cohort):
     subjects = cohort.frame.subject.to_numpy()
     model = LDAEEncoder(**FAST, random_state=0, validation_fraction=0.34).fit(cohort.images,

@@ -17,6 +17,8 @@ from ldae.imaging import Preprocessing, as_volume_dataset
 from ldae.imaging.grid import MNI_BRAIN_CENTRE_MM, grid_affine, voxel_sizes
 from ldae.presets import PRESETS, grid_for_voxel_size
 
+from _generative_model import cohort, fitted_encoder
+
 SHAPE = (32, 40, 32)
 GRID = grid_affine(SHAPE)
 BLOB_MM = np.array([20.0, -40.0, 15.0])  # a point of MNI space off every axis of symmetry
@@ -141,10 +143,8 @@ def test_voxel_size_gives_a_grid_over_the_presets_field_of_view():
 
 @pytest.fixture(scope="module")
 def fitted():
-    cohort = make_synthetic_cohort(6, shape=SHAPE, random_state=0)
-    model = LDAEEncoder(preset="tiny", ae_epochs=2, diffusion_epochs=1, representation_epochs=1,
-                        validation_fraction=0, random_state=0).fit(cohort.images)
-    return model, cohort
+    """The tiny model the generative tests share, and its cohort (on the 32x40x32 grid)."""
+    return fitted_encoder(), cohort()
 
 
 @pytest.fixture(scope="module")

@@ -216,6 +216,21 @@ def test_permutations_move_labels_between_subjects():
         assert {tuple(permuted[groups == s]) for s in range(12)} == blocks
 
 
+@pytest.mark.parametrize("labels", [(0, 1), (False, True), ("AD", "CN")])
+def test_rank_roc_auc_is_roc_auc_score_and_gives_the_same_bootstrap_interval(labels):
+    rng = np.random.default_rng(0)
+    y = np.array(labels)[rng.integers(0, 2, 90)]
+    score = np.round(rng.random(90) + 0.3 * (y == labels[1]), 1)  # ties included
+    assert stats.rank_roc_auc(y, score) == pytest.approx(roc_auc_score(y, score), abs=1e-12)
+    groups = np.arange(90) // 3
+    fast, reference = (stats.bootstrap_ci(y, score, metric, groups=groups, n_boot=200,
+                                          random_state=0)
+                       for metric in (stats.rank_roc_auc, roc_auc_score))
+    np.testing.assert_allclose([fast.low, fast.high], [reference.low, reference.high], atol=1e-12)
+    with pytest.raises(ValueError, match="two classes"):
+        stats.rank_roc_auc(y[y == labels[0]], score[y == labels[0]])
+
+
 def test_bootstrap_ci_resamples_subjects_not_scans():
     rng = np.random.default_rng(0)
     n_other = 29
