@@ -187,7 +187,7 @@ def grid_for_voxel_size(preset, voxel_size):
     -------
     dict
         ``image_shape`` (the preset's field of view over ``voxel_size``, rounded to the
-        autoencoder's downsampling factor) and ``field_of_view`` (that shape times
+        downsampling factor of the autoencoder and the denoiser together) and ``field_of_view`` (that shape times
         ``voxel_size``): parameters of :class:`ldae.LDAEEncoder`.
     """
     if preset not in PRESETS:
@@ -195,7 +195,8 @@ def grid_for_voxel_size(preset, voxel_size):
     if not (isinstance(voxel_size, Real) and 0 < voxel_size < inf):
         raise InputError(f"voxel_size={voxel_size!r} must be a positive number of mm")
     config = PRESETS[preset]
-    factor = 2 ** (len(config.ae_channels) - 1)
+    # the denoiser halves the latent at each of its levels but the last
+    factor = 2 ** (len(config.ae_channels) - 1) * 2 ** (len(config.unet_channels) - 1)
     shape = tuple(max(factor, factor * round(extent / voxel_size / factor))
                   for extent in config.field_of_view)
     return {"image_shape": shape,

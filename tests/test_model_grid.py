@@ -15,7 +15,7 @@ from ldae.datasets import make_synthetic_cohort
 from ldae.exceptions import InputError, OutOfDistributionWarning
 from ldae.imaging import Preprocessing, as_volume_dataset
 from ldae.imaging.grid import MNI_BRAIN_CENTRE_MM, grid_affine, voxel_sizes
-from ldae.presets import PRESETS, grid_for_voxel_size
+from ldae.presets import PRESETS, grid_for_voxel_size, resolve_config
 
 from _generative_model import cohort, fitted_encoder
 
@@ -125,12 +125,15 @@ def test_scans_not_in_the_grids_space_and_misplaced_arrays_are_refused_naming_th
 
 
 def test_voxel_size_gives_a_grid_over_the_presets_field_of_view():
+    # rounded so that the denoiser can halve the latent too (44x56x44 gave an 11x14x11
+    # latent, refused when stage 2 began)
     grid = grid_for_voxel_size("small", 4.0)
-    assert grid == {"image_shape": (44, 56, 44), "field_of_view": (176.0, 224.0, 176.0)}
+    assert grid == {"image_shape": (48, 56, 48), "field_of_view": (192.0, 224.0, 192.0)}
+    assert resolve_config("small", **grid).latent_shape == (8, 12, 14, 12)
     args = cli._parser().parse_args(["fit", "--manifest", "m.tsv", "--out", "o",
                                      "--voxel-size", "4", "--percentiles", "1", "99"])
     params = cli._encoder_params(args, Path("o"))
-    assert params["image_shape"] == (44, 56, 44)
+    assert params["image_shape"] == (48, 56, 48)
     preprocessing = params["preprocessing"]
     assert preprocessing.percentiles == (1.0, 99.0)
     np.testing.assert_allclose(voxel_sizes(np.array(preprocessing.affine)), 4.0)
