@@ -187,8 +187,9 @@ def grid_for_voxel_size(preset, voxel_size):
     -------
     dict
         ``image_shape`` (the preset's field of view over ``voxel_size``, rounded to the
-        downsampling factor of the autoencoder and the denoiser together) and ``field_of_view`` (that shape times
-        ``voxel_size``): parameters of :class:`ldae.LDAEEncoder`.
+        downsampling factor of the autoencoder and the denoiser together) and
+        ``field_of_view`` (that shape times ``voxel_size``): parameters of
+        :class:`ldae.LDAEEncoder`.
     """
     if preset not in PRESETS:
         raise InputError(f"preset={preset!r} is not one of {sorted(PRESETS)}")

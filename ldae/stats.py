@@ -509,8 +509,8 @@ def rank_roc_auc(y_true, y_score):
     """ROC-AUC from the Mann–Whitney statistic, with mid-ranks for ties.
 
     The same value as :func:`sklearn.metrics.roc_auc_score` on binary labels (the
-    positive class is the larger label), without its input checks: about 50 times
-    faster on a few hundred samples, for resampling loops such as
+    positive class is the larger label), without its input checks: 17 times faster on
+    300 samples on two CPU cores, for resampling loops such as
     ``bootstrap_ci(..., rank_roc_auc, ...)``.
 
     Parameters

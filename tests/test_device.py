@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 from _generative_model import STEPS, cohort, fitted_encoder
+from _small import GRID, small_cohort
 
 from ldae import LDAEEncoder
 from ldae import encoder as encoder_module
 from ldae.baselines import VoxelDAEEncoder, voxel_dae
-from ldae.datasets import make_synthetic_cohort
 from ldae.exceptions import InputError
 from ldae.metrics import ssim
 from ldae.training import device as device_module
@@ -16,21 +16,20 @@ from ldae.training.device import resolve_precision
 
 CPU = torch.device("cpu")
 # Tests that simulate a CPU with native bf16 run real bf16 arithmetic, which a CPU without
-# it emulates 10-30x slower than fp32: they fit and sample at this small grid.
-SMALL_GRID = (16, 16, 16)
+# it emulates 10-30x slower than fp32: they fit and sample on the 16^3 GRID.
 
 
 def small_scans(n):
-    return make_synthetic_cohort(2, shape=SMALL_GRID, random_state=0).images[:n]
+    return small_cohort(2).images[:n]
 
 
 def small_model(**params):
-    return LDAEEncoder(preset="tiny", image_shape=SMALL_GRID, ae_epochs=1, diffusion_epochs=1,
+    return LDAEEncoder(preset="tiny", image_shape=GRID, ae_epochs=1, diffusion_epochs=1,
                        representation_epochs=1, random_state=0, **params)
 
 
 def small_voxel_dae():
-    return VoxelDAEEncoder(preset="tiny", image_shape=SMALL_GRID, epochs=1, random_state=0)
+    return VoxelDAEEncoder(preset="tiny", image_shape=GRID, epochs=1, random_state=0)
 
 
 def dtype_recorder(seen):

@@ -23,7 +23,8 @@ from ldae.training.checkpoint import load_checkpoint, save_checkpoint
 
 from _small import GRID, small_cohort
 
-FAST = dict(preset="tiny", image_shape=GRID, ae_epochs=2, diffusion_epochs=2, representation_epochs=2)
+FAST = dict(preset="tiny", image_shape=GRID, ae_epochs=2, diffusion_epochs=2,
+            representation_epochs=2)
 ONE_EPOCH = {**FAST, "ae_epochs": 1, "diffusion_epochs": 1, "representation_epochs": 1}
 
 
@@ -367,7 +368,8 @@ def test_paper_preset_builds_the_papers_networks_and_a_full_size_scan_flows_thro
     full_size = torch.empty(1, 1, 128, 160, 128, device="meta")
     latent, _ = model.autoencoder_.to("meta").encode(full_size)
     assert latent.shape == (1, 3, 16, 20, 16)
-    noise = model.unet_.to("meta")(latent, timesteps=torch.zeros(1, dtype=torch.long, device="meta"))
+    timestep = torch.zeros(1, dtype=torch.long, device="meta")
+    noise = model.unet_.to("meta")(latent, timesteps=timestep)
     assert noise.shape == latent.shape
     assert model.semantic_encoder_.to("meta")(full_size).shape == (1, 768)
 
