@@ -30,7 +30,6 @@ from dataclasses import asdict, dataclass, replace
 from math import inf
 from numbers import Real
 
-from .diffusion.unet import check_latent_shape
 from .exceptions import InputError
 from .imaging.grid import MNI_FIELD_OF_VIEW_MM, grid_affine
 from .training.learning_rate import LR_SCHEDULES
@@ -213,7 +212,10 @@ def _validate(config):
             f"image_shape={config.image_shape} must divide by {factor}, the autoencoder's "
             f"downsampling factor for ae_channels={config.ae_channels}"
         )
-    # before stage 1 trains, not when stage 2 builds its denoiser
+    # before stage 1 trains, not when stage 2 builds its denoiser; imported here because
+    # the unet module imports MONAI (3.5 s), which reading a preset does not need
+    from .diffusion.unet import check_latent_shape
+
     check_latent_shape(config.latent_shape[1:], config.unet_channels)
     if not (len(config.field_of_view) == 3 and all(
             isinstance(v, Real) and 0 < v < inf for v in config.field_of_view)):
