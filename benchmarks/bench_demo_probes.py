@@ -1,7 +1,7 @@
 """The demo's own probe table over three seeds: does `ldae demo`'s budget show issue 18's point 3?
 
 For each seed, exactly the fit of `ldae demo --random-state SEED` (its synthetic cohort of 60
-subjects, the `small` preset with the demo's overrides, validation on 20 % of the subjects)
+subjects, the demo's preset and overrides, validation on 20 % of the subjects)
 and of its untrained-encoder control, then the demo's linear probes (subject-grouped
 stratified 5-fold CV): AD-vs-CN ROC-AUC and age MAE of LDAE, of the control and of the PCA
 of the voxels. Reported per seed, then as mean and worst, with the fit seconds per stage
@@ -24,7 +24,6 @@ import os
 import platform
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -49,15 +48,13 @@ def run_seed(seed, settings, overrides, checkpoint_root):
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as scratch:
         checkpoints = Path(checkpoint_root or scratch) / f"seed-{seed}"
-        encoder = LDAEEncoder(preset="small", random_state=seed, verbose=0,
+        encoder = LDAEEncoder(preset=settings["preset"], random_state=seed, verbose=0,
                               checkpoint_dir=checkpoints, **{**settings["overrides"], **overrides})
         start = time.perf_counter()
         encoder.fit(cohort.images, groups=frame.subject)
         fit_seconds = time.perf_counter() - start
         control = clone(encoder).set_params(representation_epochs=0)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="checkpoint .* belongs to another fit")
-            control.fit(cohort.images, groups=frame.subject)
+        control.fit(cohort.images, groups=frame.subject)
     probes = probe_embeddings({LDAE: encoder.transform(cohort.images),
                                UNTRAINED: control.transform(cohort.images)},
                               frame, voxels=cohort.images, random_state=seed)

@@ -77,9 +77,11 @@ def _parser():
         "demo", help="synthetic cohort -> fit -> embed -> probe -> compare -> report",
         description="Synthetic cohort of 60 subjects -> fit the small preset -> embed -> "
                     "probe -> compare with baselines -> generative tools -> HTML report. "
-                    "About 10 minutes on 2 CPU cores (--quick: 20 subjects, about 2 minutes).")
+                    "About 10 minutes on 2 CPU cores with native bf16, several times longer "
+                    "without (--quick: about 2 minutes).")
     demo.add_argument("--quick", action="store_true",
-                      help="a smoke run: 20 subjects, fewer epochs, about 2 minutes on 2 cores")
+                      help="a smoke run: the tiny preset, 20 subjects, fewer epochs, about 2 "
+                           "minutes on 2 cores")
     demo.add_argument("--output", default="ldae-demo", help="report folder (default: ldae-demo)")
     demo.add_argument("--subjects", type=int, default=None,
                       help="number of synthetic subjects (default: 60, --quick 20; at least 20)")

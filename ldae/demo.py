@@ -47,13 +47,18 @@ MIN_SUBJECTS = 20
 # about 3.8 more minutes on 2 cores: held-out SSIM 0.933 -> 0.957 over three seeds,
 # docs/benchmarks/model_quality*.md) and stage 3 50 epochs instead of 60 (621 s with 60 in
 # python benchmarks/bench_demo.py): the demo's 10-minute budget has neither.
-FULL = dict(n_subjects=60, ddim_steps=20, overrides=dict(ae_epochs=14, representation_epochs=50))
-# --quick trains fewer epochs on a third of the subjects and decodes with fewer DDIM
-# steps: a smoke run of the whole path in about 2 minutes on 2 cores, not a result.
-QUICK = dict(n_subjects=20, ddim_steps=10,
-             overrides=dict(ae_epochs=4, diffusion_epochs=10, representation_epochs=10))
+FULL = dict(n_subjects=60, preset="small", ddim_steps=20,
+            overrides=dict(ae_epochs=14, representation_epochs=50))
+# --quick trains the tiny networks a few epochs on a third of the subjects and decodes
+# with fewer DDIM steps: a smoke run of the whole path, not a result. With the small
+# networks (4/10/10 epochs) it took 340 s on a 2-core CPU without native bf16; the tiny
+# ones take 112 s there (python benchmarks/bench_demo.py --quick --name avx2).
+QUICK = dict(n_subjects=20, preset="tiny", ddim_steps=10,
+             overrides=dict(ae_epochs=2, diffusion_epochs=5, representation_epochs=5))
 MANIPULATION_GAPS = (-2, -1, 0, 1, 2)
-EXPECTED_MINUTES = {"full": 10, "quick": 1.5}  # python benchmarks/bench_demo.py
+EXPECTED = {"full": "about 10 minutes on 2 CPU cores with native bf16 (AVX-512 BF16 or AMX), "
+                    "several times longer without",
+            "quick": "about 2 minutes on 2 CPU cores"}  # python benchmarks/bench_demo.py
 UNTRAINED = "LDAE encoder untrained (control)"
 
 
@@ -66,11 +71,13 @@ def run_demo(output_dir="ldae-demo", *, quick=False, n_subjects=None, encoder=No
     output_dir : str or Path, default="ldae-demo"
         Folder receiving ``report.html``, ``report.md`` and ``figures/``.
     quick : bool, default=False
-        Fewer subjects, epochs and DDIM steps (a smoke run of the whole path).
+        The tiny networks, fewer subjects, epochs and DDIM steps (a smoke run of the
+        whole path).
     n_subjects : int, optional
         Overrides the number of synthetic subjects (at least ``MIN_SUBJECTS``, 20).
     encoder : LDAEEncoder, optional
-        An unfitted model to use instead of the "small" preset (it is cloned); the
+        An unfitted model to use instead of the demo's (the "small" preset, "tiny"
+        with ``quick``; it is cloned); the
         cohort is rendered on its grid (``image_shape``).
     random_state : int, default=0
         Seed of the cohort, the model and the folds.
@@ -93,8 +100,8 @@ def run_demo(output_dir="ldae-demo", *, quick=False, n_subjects=None, encoder=No
     say(f"ldae demo ({'quick' if quick else 'full'}): a synthetic cohort of {n_subjects} subjects "
         "-> fit LDAE (3 stages) and its untrained control -> embed -> linear probes against "
         "PCA of the voxels -> generative tools -> cohort analysis -> report in "
-        f"{output_dir}. Expected: about {EXPECTED_MINUTES['quick' if quick else 'full']} minutes "
-        "on 2 CPU cores with bf16 at the default size (docs/benchmarks/demo.md).")
+        f"{output_dir}. Expected at the default size: {EXPECTED['quick' if quick else 'full']} "
+        "(docs/benchmarks/demo.md).")
 
     def timed(step, compute):
         start = time.perf_counter()
@@ -111,7 +118,7 @@ def run_demo(output_dir="ldae-demo", *, quick=False, n_subjects=None, encoder=No
         f"({_counts(frame.diagnosis)}) in {timings['cohort']:.1f} s")
 
     if encoder is None:
-        encoder = LDAEEncoder(preset="small", random_state=random_state, verbose=verbose,
+        encoder = LDAEEncoder(preset=settings["preset"], random_state=random_state, verbose=verbose,
                               **settings["overrides"])
     else:
         encoder = clone(encoder)
