@@ -169,9 +169,9 @@ def run_seed(seed, n_subjects, overrides, checkpoint_root=None):
         "steering_ratio_held_out": (steering["held-out scans"]["shuffled codes"]
                                     / steering["held-out scans"]["own code"]),
         "steering_losses": steering,
-        "roc_auc": {features: _score(probes.diagnosis, features, "roc_auc")
+        "roc_auc": {features: mean_score(probes.diagnosis, features, "roc_auc")
                     for features in ("LDAE", UNTRAINED, PCA)},
-        "age_mae": {features: _score(probes.age, features, "mae")
+        "age_mae": {features: mean_score(probes.age, features, "mae")
                     for features in ("LDAE", UNTRAINED, PCA)},
         "factor_r2": factors,
         **generative,
@@ -243,7 +243,7 @@ def factor_r2(features, frame):
     return scores
 
 
-def _score(study, features, metric):
+def mean_score(study, features, metric):
     """Mean over folds (errors are stored negated, as scikit-learn scorers give them)."""
     scores = study.scores
     return float(scores.loc[scores.model == features, metric].abs().mean())
