@@ -10,7 +10,9 @@ calibrated on the training scans as `fit` calibrates its final encoder, and scor
   code (`ldae.representation.code_steering`), on the held-out subjects and on as many
   training scans;
 - the demo's linear probes (subject-grouped 5-fold CV over all scans): AD-vs-CN ROC-AUC
-  and age MAE, beside the PCA of the voxels.
+  and age MAE, beside the PCA of the voxels;
+- what the code encodes: cross-validated ridge R² for the cohort's known factors
+  (hippocampus, ventricles, head size, age).
 
 Epoch 0 is the untrained-encoder control. Each row gives the seconds of stage-3 training
 it took. The copies are taken inside the one fit (a wrapper around the stage's step), so
@@ -50,7 +52,7 @@ from ldae.model_selection import markdown_table
 from ldae.probes import PCA_OF_VOXELS, probe_embeddings
 from ldae.representation import calibrate_code_statistics, code_steering
 
-from bench_model_quality import mean_score, parse_setting, write_result
+from bench_model_quality import FACTORS, factor_r2, mean_score, parse_setting, write_result
 
 QUICK = dict(n_subjects=20, every=1,
              overrides=dict(ae_epochs=1, diffusion_epochs=2, representation_epochs=4))
@@ -119,11 +121,12 @@ def run(seed, n_subjects, every, overrides, checkpoint_root):
                      "steering_held_out": _ratio(steering["held_out"]),
                      "steering_train": _ratio(steering["train"]),
                      "roc_auc": mean_score(probes.diagnosis, "LDAE", "roc_auc"),
-                     "age_mae": mean_score(probes.age, "LDAE", "mae")})
+                     "age_mae": mean_score(probes.age, "LDAE", "mae"),
+                     "factor_r2": factor_r2(embeddings, frame)})
         print(rows[-1], flush=True)
     return {"seed": seed, "subjects": n_subjects, "scans": len(frame), "train_scans": len(train),
             "held_out_scans": len(held_out), "every": every, "overrides": overrides,
-            "pca_of_voxels": pca,
+            "pca_of_voxels": {**pca, "factor_r2": factor_r2(images.reshape(len(images), -1), frame)},
             "fit_seconds": model.fit_seconds_, "load_average_start": load_before, "curve": rows}
 
 
@@ -178,15 +181,19 @@ def render(result):
     rows = [{"epoch": row["epoch"], "stage-3 s": f"{row['seconds']:.0f}",
              "shuffled/own (held out)": f"{row['steering_held_out']:.3f}",
              "shuffled/own (train)": f"{row['steering_train']:.3f}",
-             "AUC LDAE": f"{row['roc_auc']:.4f}", "MAE LDAE": f"{row['age_mae']:.3f}"}
+             "AUC LDAE": f"{row['roc_auc']:.4f}", "MAE LDAE": f"{row['age_mae']:.3f}",
+             **{f"R² {factor}": f"{row['factor_r2'][factor]:.3f}" for factor in FACTORS}}
             for row in result["curve"]]
+    pca_r2 = ", ".join(f"{factor} {pca['factor_r2'][factor]:.3f}" for factor in FACTORS)
     fit = "/".join(f"{seconds:.0f}" for seconds in result["fit_seconds"].values())
     return "\n".join([
         f"# Stage 3 epoch by epoch (seed {result['seed']}, {result['subjects']} subjects)", "",
         f"Command: `{result['command']}`; settings {result['overrides']}.", "",
         f"{result['train_scans']} training scans, {result['held_out_scans']} held out (whole "
         "subjects); probes over all scans by subject-grouped 5-fold CV. Epoch 0 is the untrained "
-        f"control. PCA of the voxels: ROC-AUC {pca['roc_auc']:.4f}, age MAE {pca['age_mae']:.3f}. "
+        f"control. PCA of the voxels: ROC-AUC {pca['roc_auc']:.4f}, age MAE {pca['age_mae']:.3f}, "
+        f"R² {pca_r2}. R²: cross-validated ridge R² of the embedding for the cohort's known "
+        "factors (as in bench_model_quality.py). "
         f"Fit seconds per stage {fit}; {result['machine']['threads']} torch threads, "
         f"{result['machine']['cpu_capability']}, load average "
         f"{result['load_average_start'][0]:.2f} at the start, "
