@@ -159,7 +159,10 @@ class LDAEEncoder(DocumentationLinkMixin, GenerativeMixin, ClassNamePrefixFeatur
     autoencoder_, unet_, semantic_encoder_, estimator_ : torch.nn.Module
         The trained networks (the EMA weights for the last three).
     history_ : dict
-        Per stage, ``{"loss": [...], "val_loss": [...]}`` one value per epoch.
+        Per stage, ``{"loss": [...], "val_loss": [...]}`` one value per epoch; stage 3
+        (``"representation"``) also has ``"val_loss_shuffled_codes"``, the validation
+        loss on the same noise with the code of another scan of the batch: its ratio
+        to ``"val_loss"`` is how much the code steers the denoiser on held-out subjects.
     fit_seconds_ : dict
         Wall time of each stage.
     training_device_ : str

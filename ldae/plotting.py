@@ -243,13 +243,15 @@ def plot_interpolation(interpolated, t, *, real_middle=None, middle_t=None, affi
 
 
 def plot_training_history(history, *, marks=None, output_file=None, title=None):
-    """Loss per epoch of each training stage, with the validation loss when there is one.
+    """Loss per epoch of each training stage, with the validation loss when there is one
+    and, for stage 3, the validation loss with other scans' codes (the gap between the
+    two is how much the code steers the denoiser on held-out scans).
 
     Parameters
     ----------
     history : dict
-        Stage name -> {"loss": [...], "val_loss": [...]}, e.g.
-        :attr:`ldae.LDAEEncoder.history_`.
+        Stage name -> {"loss": [...], "val_loss": [...], "val_loss_shuffled_codes": [...]},
+        e.g. :attr:`ldae.LDAEEncoder.history_`.
     marks : dict, optional
         Stage name -> (epoch, label): a dashed vertical line at that (possibly
         fractional) epoch, e.g. where the encoder warm-up of stage 3 ends.
@@ -267,7 +269,8 @@ def plot_training_history(history, *, marks=None, output_file=None, title=None):
     figure = Figure(figsize=(3.6 * len(history), 3.0), layout="constrained")
     for ax, (stage, curves) in zip(figure.subplots(1, len(history), squeeze=False)[0],
                                    history.items()):
-        for key, label in (("loss", "training"), ("val_loss", "validation")):
+        for key, label in (("loss", "training"), ("val_loss", "validation"),
+                           ("val_loss_shuffled_codes", "validation, other scans' codes")):
             values = list(curves.get(key) or [])
             if values:
                 ax.plot(np.arange(1, len(values) + 1), values, marker=".", label=label)

@@ -117,6 +117,12 @@ def test_markdown_twin_links_the_figures_written_beside_it(demo):
     assert "LDAE" in markdown and "harmonised embedding" in markdown and "corrupted: noise" in markdown
 
 
+def test_report_says_how_much_the_code_steers_on_held_out_subjects(demo):
+    history = demo["encoder"].history_["representation"]
+    ratio = history["val_loss_shuffled_codes"][-1] / history["val_loss"][-1]
+    assert f"with other scans' codes is {ratio:.3f}× the loss" in demo["markdown"].read_text()
+
+
 def test_demo_quality_control_puts_the_corrupted_copies_first(demo):
     markdown = demo["markdown"].read_text()
     header, _, *table = markdown.split("The 10 highest scores:")[1].split("\n\n")[1].splitlines()

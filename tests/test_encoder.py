@@ -236,6 +236,10 @@ def test_history_and_validation_on_held_out_subjects(cohort):
     for stage, history in model.history_.items():
         assert len(history["loss"]) == 2 and len(history["val_loss"]) == 2, stage
         assert np.isfinite(history["loss"]).all()
+    # stage 3 also records how much the code steers the denoiser on the held-out subjects
+    assert np.isfinite(model.history_["representation"]["val_loss_shuffled_codes"]).all()
+    assert len(model.history_["representation"]["val_loss_shuffled_codes"]) == 2
+    assert "val_loss_shuffled_codes" not in model.history_["diffusion"]
     held_out = len(cohort.images) - model.n_scans_
     assert 0 < held_out < len(cohort.images)
 

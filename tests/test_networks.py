@@ -453,6 +453,33 @@ def test_code_steering_measures_what_is_specific_to_each_scan(unet):
     assert losses["own code"] != losses["no shift"] and losses["gain"] == 0
 
 
+def test_stage_3_validation_measures_steering_on_the_draws_of_its_loss(unet):
+    config = replace(resolve_config("tiny"), code_timesteps=400)
+    encoder = LatentSemanticEncoder(channels=(16, 32), embedding_dim=16).eval()
+    estimator = randomise(GradientEstimator(unet, embedding_dim=16, timesteps=400), seed=4).eval()
+    stage = representation_stage(unet, estimator, encoder, NoiseSchedule(), config,
+                                 torch.device("cpu"), None)
+    z0 = latents(4, seed=3)
+    generator = torch.Generator().manual_seed(5)
+    values = stage.evaluate((z0,), generator)
+
+    replay = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        own = pdae_loss(unet, estimator, encoder, z0, z0, NoiseSchedule(), timesteps=400,
+                        generator=replay)
+        replay.manual_seed(5)
+        other = pdae_loss(unet, estimator, lambda inputs: encoder(inputs).roll(1, 0), z0, z0,
+                          NoiseSchedule(), timesteps=400, generator=replay)
+    assert values["loss"] == pytest.approx(float(own), rel=1e-6)
+    assert values["loss_shuffled_codes"] == pytest.approx(float(other), rel=1e-6)
+    assert values["loss_shuffled_codes"] != values["loss"]
+    # the second pass replays the draws: training draws the same after it as without it
+    assert torch.equal(generator.get_state(), replay.get_state())
+
+    history = train_stage(stage, [(z0,)], [(z0,), (z0[:1],)], generator=torch.Generator())
+    assert len(history["val_loss"]) == len(history["val_loss_shuffled_codes"]) == config.representation_epochs
+
+
 def test_code_timesteps_bound_where_the_estimator_acts_and_trains(unet):
     estimator = randomise(GradientEstimator(unet, embedding_dim=8, timesteps=600), seed=2)
     z, y = latents(4), torch.randn(4, 8)

@@ -36,7 +36,9 @@ class Stage:
         ``step(batch, generator) -> float``: one optimisation step (forward,
         backward, optimiser and EMA updates); returns the batch loss.
     evaluate : callable
-        ``evaluate(batch, generator) -> float``: the loss without any update.
+        ``evaluate(batch, generator)``: the loss without any update, as a float or as
+        a dict of named values that holds it as ``"loss"``; each is recorded per epoch
+        as ``history["val_<name>"]``.
     state : dict
         Name -> object with ``state_dict``/``load_state_dict`` (networks,
         optimisers, averaged networks): what a periodic checkpoint saves.
@@ -136,10 +138,7 @@ def train_stage(stage, train_loader, val_loader=None, *, generator, checkpoints=
             progress.update()
         stage.history["loss"].append(float(sum(losses) / max(len(losses), 1)))
         if val_loader is not None:
-            with torch.no_grad():
-                val = [stage.evaluate(batch, generator) for batch in val_loader]
-            stage.history["val_loss"].append(
-                distributed.mean(float(sum(val) / max(len(val), 1)), generator.device))
+            _record_validation(stage, val_loader, generator)
         progress.set_postfix(epoch=f"{epoch + 1}/{stage.epochs}",
                              loss=f"{stage.history['loss'][-1]:.4f}")
         done = epoch + 1
@@ -152,6 +151,17 @@ def train_stage(stage, train_loader, val_loader=None, *, generator, checkpoints=
             last_saved = time.monotonic()
     progress.close()
     return stage.history
+
+
+def _record_validation(stage, val_loader, generator):
+    """Append the epoch's mean of each value ``stage.evaluate`` gives over the validation batches."""
+    with torch.no_grad():
+        values = [stage.evaluate(batch, generator) for batch in val_loader]
+    values = [value if isinstance(value, dict) else {"loss": value} for value in values]
+    for name in values[0] if values else ("loss",):
+        mean = sum(value[name] for value in values) / max(len(values), 1)
+        stage.history.setdefault(f"val_{name}", []).append(
+            distributed.mean(float(mean), generator.device))
 
 
 def _start_epoch(loader, epoch):

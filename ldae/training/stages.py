@@ -142,11 +142,11 @@ def representation_stage(unet, estimator, semantic_encoder, schedule, config, de
     averages = stage_averages(config.representation_epochs, config.ema_decay,
                               semantic_encoder=semantic_encoder, estimator=estimator)
 
-    def loss_of(batch, generator):
+    def loss_of(batch, generator, encoder=semantic_encoder):
         z0 = batch[0].to(device)
         encoder_input = z0 if len(batch) == 1 else as_volume_batch(batch[1], device)
         with autocast(device, dtype):
-            return pdae_loss(unet, estimator, semantic_encoder, z0, encoder_input, schedule,
+            return pdae_loss(unet, estimator, encoder, z0, encoder_input, schedule,
                              decorrelation=config.code_decorrelation,
                              timesteps=config.code_timesteps, generator=generator)
 
@@ -161,9 +161,16 @@ def representation_stage(unet, estimator, semantic_encoder, schedule, config, de
         return loss.item()
 
     def evaluate(batch, generator):
+        """The loss with each scan's own code and, on the same noise and timesteps, with
+        the code of the next scan of the batch: their ratio is how much the code steers
+        the denoiser on held-out scans (1 when G_ψ ignores it; a batch of one scan gives 1)."""
         semantic_encoder.eval()
         estimator.eval()
-        return loss_of(batch, generator).item()
+        draws = generator.get_state()
+        own = loss_of(batch, generator).item()
+        generator.set_state(draws)
+        shuffled = loss_of(batch, generator, lambda inputs: semantic_encoder(inputs).roll(1, 0))
+        return {"loss": own, "loss_shuffled_codes": shuffled.item()}
 
     state = {"semantic_encoder": semantic_encoder, "estimator": estimator, "optimizer": optimizer,
              "scheduler": scheduler, **{f"{name}_ema": average for name, average in averages.items()}}
