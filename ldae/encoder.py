@@ -162,7 +162,8 @@ class LDAEEncoder(DocumentationLinkMixin, GenerativeMixin, ClassNamePrefixFeatur
         Per stage, ``{"loss": [...], "val_loss": [...]}`` one value per epoch; stage 3
         (``"representation"``) also has ``"val_loss_shuffled_codes"``, the validation
         loss on the same noise with the code of another scan of the batch: its ratio
-        to ``"val_loss"`` is how much the code steers the denoiser on held-out subjects.
+        to ``"val_loss"`` is how much the code steers the denoiser on held-out subjects
+        (both for the weights being trained, which the EMA weights kept at the end follow).
     fit_seconds_ : dict
         Wall time of each stage.
     training_device_ : str
