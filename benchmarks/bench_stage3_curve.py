@@ -22,7 +22,7 @@ of k epochs.
     python benchmarks/bench_stage3_curve.py --checkpoints /tmp/curve     # seed 0, every 5 epochs
     python benchmarks/bench_stage3_curve.py --set representation_epochs=100 --name repr100 \\
         --checkpoints /tmp/curve                                          # stages 1-2 reused
-    python benchmarks/bench_stage3_curve.py --quick                       # 20 subjects, 1/2/4 epochs
+    python benchmarks/bench_stage3_curve.py --quick             # 20 subjects, 1/2/4 epochs
 
 Writes docs/benchmarks/stage3_curve[_quick][_NAME].json and .md.
 """
@@ -37,6 +37,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pandas as pd
@@ -72,8 +73,8 @@ def main(argv=None):
     settings = QUICK if args.quick else dict(n_subjects=FULL["n_subjects"], every=5,
                                              overrides=FULL["overrides"])
     overrides = {**settings["overrides"], **dict(map(parse_setting, args.set))}
-    result = run(args.seed, args.subjects or settings["n_subjects"], args.every or settings["every"],
-                 overrides, args.checkpoints)
+    result = run(args.seed, args.subjects or settings["n_subjects"],
+                 args.every or settings["every"], overrides, args.checkpoints)
     result.update(command=" ".join(["python benchmarks/bench_stage3_curve.py",
                                     *(sys.argv[1:] if argv is None else argv)]),
         machine={"processor": platform.processor() or platform.machine(),
@@ -96,7 +97,7 @@ def run(seed, n_subjects, every, overrides, checkpoint_root):
                     **overrides}
         # stages 1-2 first (checkpointed), so that the timed stage 3 below trains alone
         LDAEEncoder(**{**settings, "representation_epochs": 0}).fit(images[train])
-        with _copies_of_stage_3(every, snapshots):
+        with mock.patch("ldae.encoder.representation_stage", _copying_stage_3(every, snapshots)):
             model = LDAEEncoder(**settings).fit(images[train])
 
     latents = torch.as_tensor(model.encode_latent(images))
@@ -126,31 +127,22 @@ def run(seed, n_subjects, every, overrides, checkpoint_root):
         print(rows[-1], flush=True)
     return {"seed": seed, "subjects": n_subjects, "scans": len(frame), "train_scans": len(train),
             "held_out_scans": len(held_out), "every": every, "overrides": overrides,
-            "pca_of_voxels": {**pca, "factor_r2": factor_r2(images.reshape(len(images), -1), frame)},
+            "pca_of_voxels": {**pca,
+                              "factor_r2": factor_r2(images.reshape(len(images), -1), frame)},
             "fit_seconds": model.fit_seconds_, "load_average_start": load_before, "curve": rows}
 
 
-class _copies_of_stage_3:
-    """Within the block, every fit copies its stage-3 EMA networks every ``every`` epochs
-    (and before the first) into ``snapshots``, with the seconds the stage had run."""
+def _copying_stage_3(every, snapshots):
+    """A stand-in for ``representation_stage`` whose stage copies its EMA networks every
+    ``every`` epochs (and before the first) into ``snapshots``, with the seconds it had run."""
+    original = ldae.encoder.representation_stage
 
-    def __init__(self, every, snapshots):
-        self.every, self.snapshots = every, snapshots
-
-    def __enter__(self):
-        self.original = ldae.encoder.representation_stage
-        ldae.encoder.representation_stage = self._wrapped
-        return self
-
-    def __exit__(self, *exc):
-        ldae.encoder.representation_stage = self.original
-
-    def _wrapped(self, *args, steps_per_epoch, **kwargs):
-        stage = self.original(*args, steps_per_epoch=steps_per_epoch, **kwargs)
+    def make_stage(*args, steps_per_epoch, **kwargs):
+        stage = original(*args, steps_per_epoch=steps_per_epoch, **kwargs)
         start, steps = time.perf_counter(), [0]
 
         def copy_averages(epoch):
-            self.snapshots.append({"epoch": epoch, "seconds": time.perf_counter() - start, **{
+            snapshots.append({"epoch": epoch, "seconds": time.perf_counter() - start, **{
                 name: copy.deepcopy(average.module.state_dict())
                 for name, average in stage.averages.items()}})
 
@@ -158,12 +150,14 @@ class _copies_of_stage_3:
             loss = stage.step(batch, generator)
             steps[0] += 1
             epoch, end_of_epoch = divmod(steps[0], steps_per_epoch)
-            if end_of_epoch == 0 and epoch % self.every == 0:
+            if end_of_epoch == 0 and epoch % every == 0:
                 copy_averages(epoch)
             return loss
 
         copy_averages(0)
         return dataclasses.replace(stage, step=step)
+
+    return make_stage
 
 
 def _load(model, snapshot, train_latents):

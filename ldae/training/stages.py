@@ -167,10 +167,10 @@ def representation_stage(unet, estimator, semantic_encoder, schedule, config, de
         semantic_encoder.eval()
         estimator.eval()
         draws = generator.get_state()
-        own = loss_of(batch, generator).item()
+        own = loss_of(batch, generator)
         generator.set_state(draws)
         shuffled = loss_of(batch, generator, lambda inputs: semantic_encoder(inputs).roll(1, 0))
-        return {"loss": own, "loss_shuffled_codes": shuffled.item()}
+        return {"loss": own.item(), "loss_shuffled_codes": shuffled.item()}
 
     state = {"semantic_encoder": semantic_encoder, "estimator": estimator, "optimizer": optimizer,
              "scheduler": scheduler, **{f"{name}_ema": average for name, average in averages.items()}}
