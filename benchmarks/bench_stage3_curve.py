@@ -49,6 +49,9 @@ from ldae import LDAEEncoder
 from ldae.datasets import make_synthetic_cohort
 from ldae.demo import DEMO_SHAPE, FULL
 from ldae.diffusion import NoiseSchedule
+from ldae.generation import autoencoder_reconstruction
+from ldae.imaging import as_volume_dataset
+from ldae.metrics import ssim
 from ldae.model_selection import markdown_table
 from ldae.probes import PCA_OF_VOXELS, probe_embeddings
 from ldae.representation import calibrate_code_statistics, code_steering
@@ -100,6 +103,9 @@ def run(seed, n_subjects, every, overrides, checkpoint_root):
         with mock.patch("ldae.encoder.representation_stage", _copying_stage_3(every, snapshots)):
             model = LDAEEncoder(**settings).fit(images[train])
 
+    volumes = as_volume_dataset(images, model.preprocessing_)
+    autoencoder_ssim = ssim(autoencoder_reconstruction(model, images[held_out]),
+                            np.stack([volumes[int(i)] for i in held_out]))
     latents = torch.as_tensor(model.encode_latent(images))
     rng = np.random.default_rng(seed)
     train_sample = np.sort(rng.choice(train, size=min(len(held_out), len(train)), replace=False))
@@ -126,7 +132,8 @@ def run(seed, n_subjects, every, overrides, checkpoint_root):
                      "factor_r2": factor_r2(embeddings, frame)})
         print(rows[-1], flush=True)
     return {"seed": seed, "subjects": n_subjects, "scans": len(frame), "train_scans": len(train),
-            "held_out_scans": len(held_out), "every": every, "overrides": overrides,
+            "held_out_scans": len(held_out), "every": every,
+            "autoencoder_ssim": float(autoencoder_ssim.mean()), "overrides": overrides,
             "pca_of_voxels": {**pca,
                               "factor_r2": factor_r2(images.reshape(len(images), -1), frame)},
             "fit_seconds": model.fit_seconds_, "load_average_start": load_before, "curve": rows}
@@ -184,7 +191,8 @@ def render(result):
         f"# Stage 3 epoch by epoch (seed {result['seed']}, {result['subjects']} subjects)", "",
         f"Command: `{result['command']}`; settings {result['overrides']}.", "",
         f"{result['train_scans']} training scans, {result['held_out_scans']} held out (whole "
-        "subjects); probes over all scans by subject-grouped 5-fold CV. Epoch 0 is the untrained "
+        f"subjects); autoencoder SSIM on the held-out scans {result['autoencoder_ssim']:.4f}; "
+        "probes over all scans by subject-grouped 5-fold CV. Epoch 0 is the untrained "
         f"control. PCA of the voxels: ROC-AUC {pca['roc_auc']:.4f}, age MAE {pca['age_mae']:.3f}, "
         f"R² {pca_r2}. R²: cross-validated ridge R² of the embedding for the cohort's known "
         "factors (as in bench_model_quality.py). "

@@ -103,6 +103,10 @@ class LDAEEncoder(DocumentationLinkMixin, GenerativeMixin, ClassNamePrefixFeatur
     ae_epochs, diffusion_epochs, representation_epochs : int, optional
         Epochs of each stage.
     batch_size : int, optional
+        Scans (or latents) per optimisation step of stages 2 and 3, and per
+        inference batch.
+    ae_batch_size : int, optional
+        Scans per optimisation step of stage 1.
     ae_lr, diffusion_lr, representation_lr : float, optional
         Adam learning rates of each stage.
     ddim_steps : int, optional
@@ -207,6 +211,7 @@ class LDAEEncoder(DocumentationLinkMixin, GenerativeMixin, ClassNamePrefixFeatur
         diffusion_epochs=None,
         representation_epochs=None,
         batch_size=None,
+        ae_batch_size=None,
         ae_lr=None,
         diffusion_lr=None,
         representation_lr=None,
@@ -240,6 +245,7 @@ class LDAEEncoder(DocumentationLinkMixin, GenerativeMixin, ClassNamePrefixFeatur
         self.diffusion_epochs = diffusion_epochs
         self.representation_epochs = representation_epochs
         self.batch_size = batch_size
+        self.ae_batch_size = ae_batch_size
         self.ae_lr = ae_lr
         self.diffusion_lr = diffusion_lr
         self.representation_lr = representation_lr
@@ -330,7 +336,7 @@ class LDAEEncoder(DocumentationLinkMixin, GenerativeMixin, ClassNamePrefixFeatur
 
         torch.manual_seed(seed)
         autoencoder = _build_autoencoder(config).to(device)
-        train_loader = loaders.volumes(dataset, train_index)
+        train_loader = loaders.volumes(dataset, train_index, config.ae_batch_size)
         if config.ae_template:
             autoencoder.set_template(mean_volume(loaders.in_order(Subset(dataset, train_index)),
                                                  device))
@@ -338,7 +344,8 @@ class LDAEEncoder(DocumentationLinkMixin, GenerativeMixin, ClassNamePrefixFeatur
             {"autoencoder": autoencoder},
             lambda: autoencoder_stage(autoencoder, config, device, dtype,
                                       steps_per_epoch=len(train_loader)),
-            train_loader, loaders.volumes(dataset, val_index), checkpoints, device, seed,
+            train_loader, loaders.volumes(dataset, val_index, config.ae_batch_size), checkpoints,
+            device, seed,
         )
         with latent_array((len(dataset), *config.latent_shape), self.cache_dir) as z0:
             encode_latents(autoencoder, loaders.in_order(dataset), device,
@@ -592,8 +599,9 @@ class LDAEEncoder(DocumentationLinkMixin, GenerativeMixin, ClassNamePrefixFeatur
                 model.preprocessing = None
             model.preprocessing_ = Preprocessing.from_dict(payload["preprocessing"])
             fitted = dict(payload["fitted"])
-            # files written before code_timesteps existed trained G_psi on every timestep
-            config = {"code_timesteps": 1000, **fitted.pop("config")}
+            config = fitted.pop("config")
+            # older files: G_psi trained on every timestep, stage 1 at batch_size
+            config = {"code_timesteps": 1000, "ae_batch_size": config.get("batch_size"), **config}
             model.config_ = ModelConfig(**{key: tuple(value) if isinstance(value, list) else value
                                            for key, value in config.items()})
             model.affine_ = np.asarray(fitted.pop("affine"), dtype=float)
@@ -696,6 +704,7 @@ class LDAEEncoder(DocumentationLinkMixin, GenerativeMixin, ClassNamePrefixFeatur
             diffusion_epochs=self.diffusion_epochs,
             representation_epochs=self.representation_epochs,
             batch_size=self.batch_size,
+            ae_batch_size=self.ae_batch_size,
             ae_lr=self.ae_lr,
             diffusion_lr=self.diffusion_lr,
             representation_lr=self.representation_lr,
@@ -786,17 +795,18 @@ class _LoaderFactory:
         self.num_workers = num_workers
         self.seed = seed
 
-    def _loader(self, dataset, shuffle):
+    def _loader(self, dataset, shuffle, batch_size=None):
         generator = torch.Generator().manual_seed(self.seed)
         # Data-parallel: each process shuffles its own share of the scans.
         sampler = distributed.sampler(dataset, self.seed) if shuffle else None
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle and sampler is None,
-                          sampler=sampler, generator=generator, num_workers=self.num_workers)
+        return DataLoader(dataset, batch_size=batch_size or self.batch_size,
+                          shuffle=shuffle and sampler is None, sampler=sampler,
+                          generator=generator, num_workers=self.num_workers)
 
-    def volumes(self, dataset, index):
+    def volumes(self, dataset, index, batch_size):
         if index is None:
             return None
-        return self._loader(Subset(dataset, index.tolist()), shuffle=True)
+        return self._loader(Subset(dataset, index.tolist()), shuffle=True, batch_size=batch_size)
 
     def in_order(self, dataset):
         return self._loader(dataset, shuffle=False)

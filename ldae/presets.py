@@ -67,6 +67,7 @@ class ModelConfig:
     diffusion_epochs: int = 5
     representation_epochs: int = 5
     batch_size: int = 4
+    ae_batch_size: int = 4
     ae_lr: float = 1e-3
     diffusion_lr: float = 1e-3
     representation_lr: float = 1e-3
@@ -110,6 +111,7 @@ PRESETS = {
         diffusion_epochs=30,
         representation_epochs=60,
         batch_size=8,
+        ae_batch_size=8,
         ae_lr=2e-3,
         diffusion_lr=1e-3,
         representation_lr=1e-3,
@@ -134,6 +136,7 @@ PRESETS = {
         diffusion_epochs=500,
         representation_epochs=200,
         batch_size=4,
+        ae_batch_size=4,
         ae_lr=1e-4,
         diffusion_lr=1e-4,
         representation_lr=1e-4,
@@ -231,7 +234,7 @@ def _validate(config):
             f"unet_attention={config.unet_attention} needs one entry per level of "
             f"unet_channels={config.unet_channels}"
         )
-    positive = ("embedding_dim", "batch_size", "ddim_steps", "latent_channels")
+    positive = ("embedding_dim", "batch_size", "ae_batch_size", "ddim_steps", "latent_channels")
     for name in positive:
         if getattr(config, name) < 1:
             raise InputError(f"{name}={getattr(config, name)} must be at least 1")

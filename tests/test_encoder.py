@@ -1,6 +1,7 @@
 """LDAEEncoder as a scikit-learn transformer: API conformance, persistence, resume
 (scikit-learn's own checks: tests/test_sklearn_checks.py)."""
 
+import math
 import pickle
 
 import joblib
@@ -15,6 +16,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, GroupKFold, StratifiedGroupKFold, cross_validate
 from sklearn.pipeline import Pipeline
 
+import ldae.encoder
 from ldae import LDAEEncoder
 from ldae.exceptions import CheckpointError, InputError
 from ldae.imaging import as_volume_dataset
@@ -180,15 +182,17 @@ def test_a_checksum_valid_but_altered_model_file_is_refused_in_one_line(fitted, 
     assert allocated == []  # refused before any network was built for real
 
 
-def test_a_model_file_from_before_code_timesteps_keeps_every_timestep(fitted, tmp_path):
+def test_a_model_file_from_before_code_timesteps_and_ae_batch_size_says_how_it_trained(
+        fitted, tmp_path):
     path = tmp_path / "model.ldae"
     fitted.save(path)
     payload = load_checkpoint(path)
-    config = dict(payload["fitted"]["config"])
-    del config["code_timesteps"]
+    config = dict(payload["fitted"]["config"], batch_size=3)
+    del config["code_timesteps"], config["ae_batch_size"]
     save_checkpoint(_altered(payload, fitted={"config": config}), path)
     loaded = LDAEEncoder.load(path)
     assert loaded.config_.code_timesteps == loaded.estimator_.timesteps == 1000
+    assert loaded.config_.ae_batch_size == 3  # stage 1 then trained at batch_size
 
 
 def test_set_output_pandas_keeps_series_index(cohort, fitted, tmp_path):
@@ -216,6 +220,28 @@ def test_bad_arguments_are_named(cohort):
         LDAEEncoder(**FAST, device="tpu").fit(cohort.images)
     with pytest.raises(InputError, match="code_decorrelation"):
         LDAEEncoder(**FAST, code_decorrelation=-0.1).fit(cohort.images)
+
+
+def test_stage_1_steps_at_ae_batch_size_and_the_later_stages_at_batch_size(cohort, monkeypatch):
+    steps = {}
+
+    def recording(stage):
+        original = getattr(ldae.encoder, stage)
+
+        def make(*args, steps_per_epoch, **kwargs):
+            steps[stage] = steps_per_epoch
+            return original(*args, steps_per_epoch=steps_per_epoch, **kwargs)
+        return make
+
+    for stage in ("autoencoder_stage", "diffusion_stage", "representation_stage"):
+        monkeypatch.setattr(f"ldae.encoder.{stage}", recording(stage))
+    LDAEEncoder(**ONE_EPOCH, batch_size=3, ae_batch_size=2).fit(cohort.images)
+    scans = len(cohort.images)
+    assert steps == {"autoencoder_stage": math.ceil(scans / 2),
+                     "diffusion_stage": math.ceil(scans / 3),
+                     "representation_stage": math.ceil(scans / 3)}
+    with pytest.raises(InputError, match="ae_batch_size=0"):
+        LDAEEncoder(**ONE_EPOCH, ae_batch_size=0).fit(cohort.images)
 
 
 def test_a_grid_the_denoiser_cannot_take_is_refused_before_stage_1_trains(monkeypatch):
