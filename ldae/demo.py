@@ -43,12 +43,13 @@ from .stats import bootstrap_ci, rank_roc_auc
 
 DEMO_SHAPE = (32, 40, 32)
 MIN_SUBJECTS = 20
-# The full demo trains the autoencoder 14 epochs where the small preset trains 30 (30 take
-# about 3.8 more minutes on 2 cores: held-out SSIM 0.933 -> 0.957 over three seeds,
-# docs/benchmarks/model_quality*.md) and stage 3 50 epochs instead of 60 (621 s with 60 in
-# python benchmarks/bench_demo.py): the demo's 10-minute budget has neither.
+# The full demo trains the autoencoder 14 epochs where the small preset trains 30, and stage
+# 3 50 epochs instead of 60 (621 s with 60 in python benchmarks/bench_demo.py): the demo's
+# 10-minute budget has neither. Its autoencoder steps 2 scans at a time instead of 8: 4x the
+# steps in no more time, held-out SSIM 0.911 -> 0.961 and 0.935 -> 0.954 on two seeds
+# (python benchmarks/bench_autoencoder.py; docs/benchmarks.md, "Stage 1 at batch 2").
 FULL = dict(n_subjects=60, preset="small", ddim_steps=20,
-            overrides=dict(ae_epochs=14, representation_epochs=50))
+            overrides=dict(ae_epochs=14, ae_batch_size=2, representation_epochs=50))
 # --quick trains the tiny networks a few epochs on a third of the subjects and decodes
 # with fewer DDIM steps: a smoke run of the whole path, not a result. With the small
 # networks (4/10/10 epochs) it took 340 s on a 2-core CPU without native bf16; the tiny
