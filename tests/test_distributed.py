@@ -46,9 +46,9 @@ def test_two_processes_train_one_model_as_well_as_one_process_with_their_joint_b
     assert ranks[0]["weights"] == ranks[1]["weights"]
     assert ranks[0]["history"] == ranks[1]["history"]
 
-    # One process with the joint batch (2 x 4 scans) takes the same steps: the losses
-    # agree up to the random draws (noise, time steps) that differ between the runs.
-    single = LDAEEncoder(**EPOCHS, batch_size=8).fit(X)
+    # One process with the joint batches (2 x 4 scans in every stage) takes the same steps:
+    # the losses agree up to the random draws (noise, time steps) that differ between the runs.
+    single = LDAEEncoder(**EPOCHS, batch_size=8, ae_batch_size=8).fit(X)
     parallel = ranks[0]["history"]
     np.testing.assert_allclose(parallel["autoencoder"]["loss"],
                                single.history_["autoencoder"]["loss"], rtol=0.05)
