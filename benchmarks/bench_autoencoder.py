@@ -13,6 +13,7 @@ Writes docs/benchmarks/autoencoder[_quick][_NAME].json and .md.
 """
 
 import argparse
+import math
 import os
 import platform
 import sys
@@ -72,7 +73,7 @@ def run_seed(seed, n_subjects, epochs, batch_sizes):
         reference = np.stack([volumes[int(i)] for i in held_out])
         scores = ssim(autoencoder_reconstruction(model, images[held_out]), reference)
         rows.append({"seed": seed, "ae_batch_size": batch_size,
-                     "steps": epochs * -(-len(train) // batch_size),
+                     "steps": epochs * math.ceil(len(train) / batch_size),
                      "ssim_held_out": float(np.mean(scores)), "ssim_worst_scan": float(np.min(scores)),
                      "seconds": model.fit_seconds_["autoencoder"],
                      "load_start": load, "load_end": os.getloadavg()[0]})

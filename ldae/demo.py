@@ -46,8 +46,8 @@ MIN_SUBJECTS = 20
 # The full demo trains the autoencoder 14 epochs where the small preset trains 30, and stage
 # 3 50 epochs instead of 60 (621 s with 60 in python benchmarks/bench_demo.py): the demo's
 # 10-minute budget has neither. Its autoencoder steps 2 scans at a time instead of 8: 4x the
-# steps in no more time, held-out SSIM 0.911 -> 0.961 and 0.935 -> 0.954 on two seeds
-# (python benchmarks/bench_autoencoder.py; docs/benchmarks.md, "Stage 1 at batch 2").
+# steps in no more time: held-out SSIM 0.961 / 0.954 / 0.950 on three seeds, where batch 8
+# gave 0.911 / 0.935 on two (python benchmarks/bench_autoencoder.py; docs/benchmarks.md).
 FULL = dict(n_subjects=60, preset="small", ddim_steps=20,
             overrides=dict(ae_epochs=14, ae_batch_size=2, representation_epochs=50))
 # --quick trains the tiny networks a few epochs on a third of the subjects and decodes
