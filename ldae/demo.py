@@ -57,9 +57,11 @@ FULL = dict(n_subjects=60, preset="small", ddim_steps=20,
 QUICK = dict(n_subjects=20, preset="tiny", ddim_steps=10,
              overrides=dict(ae_epochs=2, diffusion_epochs=5, representation_epochs=5))
 MANIPULATION_GAPS = (-2, -1, 0, 1, 2)
-EXPECTED = {"full": "about 10 minutes on 2 CPU cores with native bf16 (AVX-512 BF16 or AMX), "
+EXPECTED = {"full": "8 to 16 minutes on 2 CPU cores with native bf16 (AVX-512 BF16 or AMX), "
                     "several times longer without",
-            "quick": "about 2 minutes on 2 CPU cores"}  # python benchmarks/bench_demo.py
+            "quick": "about 2 minutes on 2 CPU cores"}
+# 482 s on one such machine (python benchmarks/bench_demo.py); fits of 831-910 s on a slower
+# one (python benchmarks/bench_demo_probes.py, stop 28).
 UNTRAINED = "LDAE encoder untrained (control)"
 
 
