@@ -224,7 +224,8 @@ def test_regressor_refuses_missing_metadata():
 
 def test_mixed_models_keep_the_best_likelihood_of_several_optimisers():
     # pure noise on which statsmodels' default chain (bfgs -> lbfgs -> cg) stops short of
-    # the optimum yet reports convergence; lme4 and a plain lbfgs fit reach -173.895
+    # the optimum (whether it then reports convergence varies between machines); lme4 and
+    # a plain lbfgs fit reach -173.895
     import statsmodels.formula.api as smf
 
     rng = np.random.default_rng(28)
@@ -233,7 +234,7 @@ def test_mixed_models_keep_the_best_likelihood_of_several_optimisers():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         chained = smf.mixedlm("y ~ time", data, groups=data["group"], re_formula="~time").fit(reml=True)
-    assert chained.converged and chained.llf == pytest.approx(-174.358, abs=1e-3)
+    assert chained.llf == pytest.approx(-174.358, abs=1e-3)
     model = MixedEffectsRegressor().fit(data[["time"]].to_numpy(), data["y"].to_numpy(),
                                         groups=data["group"].to_numpy(), time=data["time"].to_numpy())
     assert model.random_slope_ and model.converged_

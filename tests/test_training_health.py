@@ -76,7 +76,7 @@ class _NanGradient(torch.autograd.Function):
 
 
 def test_a_step_with_nan_gradients_is_skipped_and_the_stage_continues_in_fp32():
-    # what oneDNN's bf16 convolution backward does on tiny volumes: a finite loss, NaN grads
+    # a reduced-precision kernel that returns NaN gradients for a finite loss
     from ldae.training.device import autocast
     from ldae.training.loop import Stage, optimisation_step, train_stage
 
@@ -100,6 +100,8 @@ def test_a_step_with_nan_gradients_is_skipped_and_the_stage_continues_in_fp32():
         train_stage(stage, [torch.ones(3, 2)], generator=torch.Generator())
     assert torch.isfinite(network.weight).all() and len(stage.history["loss"]) == 4
     assert in_bf16 == [True, True, False, False]
+    with autocast(torch.device("cpu"), torch.bfloat16):  # what follows the fit: inference
+        assert torch.is_autocast_enabled("cpu")
     # the next stage tries reduced precision again
     train_stage(Stage("representation", step, lambda b, g: 0.0, {}, epochs=1), [torch.ones(3, 2)],
                 generator=torch.Generator())

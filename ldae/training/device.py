@@ -1,6 +1,7 @@
 """Choosing the device and the numerical precision of training and inference."""
 
 import contextlib
+import threading
 
 import torch
 
@@ -81,10 +82,60 @@ class _Fallback:
 
 def autocast(device, dtype):
     """Autocast context for ``dtype`` on ``device``; a no-op when dtype is None or the
-    stage in training fell back to fp32 (:func:`fall_back_to_fp32`)."""
+    stage in training fell back to fp32 (:func:`fall_back_to_fp32`).
+
+    In bf16 on a CPU, a 3-D convolution whose kernel is deeper than its input (a
+    3x3x3 kernel over a depth of 2, as at the deepest level of a UNet over a small
+    latent) computes in fp32 (:func:`is_unsound_cpu_bf16_convolution`).
+    """
     if dtype is None or _Fallback.to_fp32:
         return contextlib.nullcontext()
+    if device.type == "cpu" and dtype == torch.bfloat16:
+        return _cpu_bf16_autocast()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def is_unsound_cpu_bf16_convolution(module, volume):
+    """Whether oneDNN's bf16 weight gradient of this 3-D convolution would be wrong.
+
+    With torch 2.13 on a CPU with AVX-512 BF16, the weight gradient of a stride-1
+    ``Conv3d`` over an input of depth d, 1 < d < kernel depth, is off by up to 1e37 or
+    NaN on every call, while its output and input gradient are right (a 3x3x3 kernel
+    at depth 2, a 5x5x5 one at depths 2 to 4; height and width are unaffected).
+    """
+    return (isinstance(module, torch.nn.Conv3d) and module.stride[0] == 1
+            and 1 < volume.shape[-3] < module.kernel_size[0])
+
+
+_guarded = threading.local()
+
+
+def _compute_in_fp32(module, args):
+    if (torch.is_autocast_enabled("cpu") and args
+            and is_unsound_cpu_bf16_convolution(module, args[0])):
+        torch.set_autocast_enabled("cpu", False)
+        _guarded.module = module
+        return (args[0].float(), *args[1:])
+    return None
+
+
+def _restore_autocast(module, args, output):
+    if getattr(_guarded, "module", None) is module:
+        _guarded.module = None
+        torch.set_autocast_enabled("cpu", True)
+
+
+@contextlib.contextmanager
+def _cpu_bf16_autocast():
+    before = torch.nn.modules.module.register_module_forward_pre_hook(_compute_in_fp32)
+    after = torch.nn.modules.module.register_module_forward_hook(_restore_autocast,
+                                                                  always_call=True)
+    try:
+        with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+            yield
+    finally:
+        before.remove()
+        after.remove()
 
 
 def fall_back_to_fp32(active=True):
