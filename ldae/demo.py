@@ -60,8 +60,8 @@ MANIPULATION_GAPS = (-2, -1, 0, 1, 2)
 EXPECTED = {"full": "8 to 16 minutes on 2 CPU cores with native bf16 (AVX-512 BF16 or AMX), "
                     "several times longer without",
             "quick": "about 2 minutes on 2 CPU cores"}
-# 482 s on one such machine (python benchmarks/bench_demo.py); fits of 831-910 s on a slower
-# one (python benchmarks/bench_demo_probes.py, stop 28).
+# 482 s on one such machine at ae_batch_size=8; 958 s at 2 on one about 1.9x slower
+# (python benchmarks/bench_demo.py, docs/benchmarks/demo.md).
 UNTRAINED = "LDAE encoder untrained (control)"
 
 
