@@ -139,10 +139,11 @@ def _cpu_bf16_autocast():
 
 
 def fall_back_to_fp32(active=True):
-    """Make :func:`autocast` a no-op until the next stage (``active=False`` resets it).
+    """Make :func:`autocast` a no-op until the end of the stage (``active=False`` resets it).
 
-    Reduced-precision kernels can return NaN gradients where fp32 ones do not
-    (oneDNN's bf16 convolution backward on tiny volumes); the loop then trains the rest
-    of the stage in fp32 rather than in bf16 with NaN steps.
+    A reduced-precision kernel can return NaN gradients where the fp32 one does not;
+    the loop then trains the rest of the stage in fp32 rather than in bf16 with NaN
+    steps. The one such kernel known is avoided up front
+    (:func:`is_unsound_cpu_bf16_convolution`).
     """
     _Fallback.to_fp32 = active
