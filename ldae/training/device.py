@@ -111,8 +111,9 @@ _guarded = threading.local()
 
 
 def _compute_in_fp32(module, args):
-    if (torch.is_autocast_enabled("cpu") and args
-            and is_unsound_cpu_bf16_convolution(module, args[0])):
+    # runs before every module's forward in the context: the type check comes first
+    if (args and is_unsound_cpu_bf16_convolution(module, args[0])
+            and torch.is_autocast_enabled("cpu")):
         torch.set_autocast_enabled("cpu", False)
         _guarded.module = module
         return (args[0].float(), *args[1:])
