@@ -56,6 +56,8 @@ def open_image(path):
         raise InputError(f"{path}: {why_not_a_file(path)}")
     try:
         image = nib.load(path)
+    except zlib.error as exc:  # the header's read decompresses ahead into damaged voxels
+        raise InputError(f"{path}: corrupt gzip data ({exc}); the file is damaged") from exc
     except Exception as exc:  # nibabel parses hostile bytes: any failure means a bad file
         raise InputError(f"{path}: not a readable NIfTI image ({_describe(exc)})") from exc
     if not isinstance(image, SpatialImage):
