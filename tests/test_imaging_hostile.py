@@ -165,7 +165,9 @@ CORPUS = {
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(position=st.integers(len(GZIPPED) // 2, len(GZIPPED) - 9), bit=st.integers(0, 7))
+# the deflate stream's last byte (before the 8-byte trailer) may end in padding bits that
+# decode to the same voxels: a flip there leaves the file intact
+@given(position=st.integers(len(GZIPPED) // 2, len(GZIPPED) - 10), bit=st.integers(0, 7))
 @example(position=3226, bit=1)  # damages what nibabel decompresses ahead to read the header
 def test_a_flipped_bit_in_gzip_voxels_is_refused_not_read(tmp_path, position, bit):
     # nibabel alone reads most such files with wrong voxels: it stops before the CRC
