@@ -26,7 +26,8 @@ are held out. Reported per seed, then as mean and worst over the seeds:
     python benchmarks/bench_model_quality.py --set ae_template=False --name no-template
     python benchmarks/bench_model_quality.py --set preset=tiny --name tiny
 
-``--set NAME=VALUE`` overrides an LDAEEncoder parameter (an ablation); ``--name`` names
+``--set NAME=VALUE`` overrides an LDAEEncoder parameter (an ablation), ``--cohort
+NAME=VALUE`` a parameter of ``make_synthetic_cohort`` (an ablation of the data); ``--name`` names
 the output files docs/benchmarks/model_quality[_quick][_NAME].json / .md;
 ``--checkpoints DIR`` keeps each seed's stage checkpoints there, so that ablations of
 stage-3 settings reuse the fitted stages 1 and 2.
@@ -82,25 +83,29 @@ def main(argv=None):
     parser.add_argument("--subjects", type=int, default=None)
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument("--cohort", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--name", default=None)
     parser.add_argument("--checkpoints", default=None, metavar="DIR")
     args = parser.parse_args(argv)
     subjects = args.subjects or (20 if args.quick else 80)
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     overrides = {**(QUICK_OVERRIDES if args.quick else {}), **dict(map(parse_setting, args.set))}
+    cohort = dict(map(parse_setting, args.cohort))
 
     runs = []
     for seed in seeds:
-        runs.append(run_seed(seed, subjects, overrides, args.checkpoints))
+        runs.append(run_seed(seed, subjects, overrides, args.checkpoints, cohort))
         print(json.dumps(runs[-1], indent=1, default=float), flush=True)
     summary = summarise(runs)
     command = "python benchmarks/bench_model_quality.py" + " ".join(
         [""] + (["--quick"] if args.quick else []) + [f"--set {item}" for item in args.set]
+        + [f"--cohort {item}" for item in args.cohort]
         + ([f"--name {args.name}"] if args.name else [])
         + ([f"--subjects {args.subjects}"] if args.subjects else [])
         + ([f"--seeds {' '.join(map(str, args.seeds))}"] if args.seeds else [])
         + ([f"--checkpoints {args.checkpoints}"] if args.checkpoints else []))
-    result = {"command": command, "subjects": subjects, "overrides": overrides, "runs": runs,
+    result = {"command": command, "subjects": subjects, "overrides": overrides, "cohort": cohort,
+              "runs": runs,
               "summary": summary, "load_average_at_end": os.getloadavg(),
               "machine": {"python": platform.python_version(), "torch": torch.__version__,
                           "threads": torch.get_num_threads(), "cpu": platform.processor()}}
@@ -127,8 +132,9 @@ def parse_setting(text):
         return key, value
 
 
-def run_seed(seed, n_subjects, overrides, checkpoint_root=None):
-    cohort = make_synthetic_cohort(n_subjects, shape=DEMO_SHAPE, random_state=seed)
+def run_seed(seed, n_subjects, overrides, checkpoint_root=None, cohort_settings=None):
+    cohort = make_synthetic_cohort(n_subjects, shape=DEMO_SHAPE, random_state=seed,
+                                   **(cohort_settings or {}))
     frame, images = cohort.frame, cohort.images
     voxel_ml = abs(np.linalg.det(cohort.affine[:3, :3])) / 1000.0
     train, held_out = next(GroupShuffleSplit(1, test_size=0.2, random_state=seed)
@@ -148,8 +154,10 @@ def run_seed(seed, n_subjects, overrides, checkpoint_root=None):
     reconstruction_ssim = ssim(model.reconstruct(images[held_out], steps=20), held_out_volumes)
 
     latents = torch.as_tensor(model.encode_latent(images))
+    encoder_inputs = (latents if model.semantic_encoder_.input_kind == "latent" else
+                      torch.as_tensor(np.stack([volumes[i] for i in range(len(volumes))]))[:, None])
     steering = {part: code_steering(model.unet_, model.estimator_, model.semantic_encoder_,
-                                    latents[index], latents[index], NoiseSchedule(),
+                                    latents[index], encoder_inputs[index], NoiseSchedule(),
                                     repeats=2, random_state=seed)
                 for part, index in (("all scans", np.arange(len(images))),
                                     ("held-out scans", held_out))}
@@ -333,7 +341,8 @@ def render(result):
                    for run in runs for name, scores in run["factor_r2"].items()]
     return "\n".join([
         f"# Model quality over {len(runs)} seed(s) ({result['subjects']} subjects)", "",
-        f"Command: `{result['command']}`; overrides {result['overrides'] or 'none'}.", "",
+        f"Command: `{result['command']}`; overrides {result['overrides'] or 'none'}; "
+        f"cohort settings {result.get('cohort') or 'the defaults'}.", "",
         "Per seed (AUC: AD vs CN ROC-AUC, MAE: age MAE in years; subject-grouped 5-fold CV):", "",
         markdown_table(pd.DataFrame(rows)), "",
         "Mean and worst seed:", "",
