@@ -148,14 +148,15 @@ def run_seed(seed, n_subjects, overrides, checkpoint_root=None, cohort_settings=
         # the control: the same fit without stage-3 training, its stages 1-2 from the checkpoints
         control = LDAEEncoder(**{**settings, "representation_epochs": 0}).fit(images[train])
 
-    volumes = as_volume_dataset(images, model.preprocessing_)
-    held_out_volumes = np.stack([volumes[int(i)] for i in held_out])
+    dataset = as_volume_dataset(images, model.preprocessing_)
+    volumes = np.stack([dataset[i] for i in range(len(dataset))])
+    held_out_volumes = volumes[held_out]
     autoencoder_ssim = ssim(autoencoder_reconstruction(model, images[held_out]), held_out_volumes)
     reconstruction_ssim = ssim(model.reconstruct(images[held_out], steps=20), held_out_volumes)
 
     latents = torch.as_tensor(model.encode_latent(images))
-    encoder_inputs = (latents if model.semantic_encoder_.input_kind == "latent" else
-                      torch.as_tensor(np.stack([volumes[i] for i in range(len(volumes))]))[:, None])
+    encoder_inputs = (latents if model.semantic_encoder_.input_kind == "latent"
+                      else torch.as_tensor(volumes)[:, None])
     steering = {part: code_steering(model.unet_, model.estimator_, model.semantic_encoder_,
                                     latents[index], encoder_inputs[index], NoiseSchedule(),
                                     repeats=2, random_state=seed)
