@@ -57,7 +57,7 @@ def open_image(path):
     try:
         image = nib.load(path)
     except zlib.error as exc:  # the header's read decompresses ahead into damaged voxels
-        raise InputError(f"{path}: corrupt gzip data ({exc}); the file is damaged") from exc
+        raise _corrupt_gzip(path, exc) from exc
     except Exception as exc:  # nibabel parses hostile bytes: any failure means a bad file
         raise InputError(f"{path}: not a readable NIfTI image ({_describe(exc)})") from exc
     if not isinstance(image, SpatialImage):
@@ -289,7 +289,7 @@ def _read_gzip_data(image, path, needed, name):
                                  "the file is damaged")
             rest = decompressor.unused_data
     except zlib.error as exc:
-        raise InputError(f"{name}: corrupt gzip data ({exc}); the file is damaged") from exc
+        raise _corrupt_gzip(name, exc) from exc
     if size < needed:
         raise InputError(f"{name}: truncated gzip file ({size} of the {needed} bytes its "
                          "header needs); the file is damaged")
@@ -298,3 +298,7 @@ def _read_gzip_data(image, path, needed, name):
     copy = ArrayProxy(io.BytesIO(data), (proxy.shape, proxy.dtype, proxy.offset, proxy.slope,
                                           proxy.inter), order=proxy.order)
     return np.asarray(copy, dtype=np.float32)
+
+
+def _corrupt_gzip(name, exc):
+    return InputError(f"{name}: corrupt gzip data ({exc}); the file is damaged")
