@@ -75,6 +75,10 @@ TARGETS = {"autoencoder_ssim": 0.95, "steering_ratio": 1.10, "manipulation_fract
            "interpolation_gap": 0.01}
 MANIPULATED_SCANS = 12
 FACTORS = ("hippocampus_volume", "ventricle_volume", "intracranial_volume", "age")
+# One draw of five folds over 80 subjects moves a difference of two probes' ROC-AUC by an SD
+# of 0.04-0.06 between draws (age MAE: 0.3-0.4 years), as much as the margins of point 3;
+# the mean over 20 draws by ~0.01 (stop 37, the seed-0..2 embeddings of the small preset).
+PROBE_REPEATS = 20
 
 
 def main(argv=None):
@@ -86,15 +90,19 @@ def main(argv=None):
     parser.add_argument("--cohort", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--name", default=None)
     parser.add_argument("--checkpoints", default=None, metavar="DIR")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help=f"repetitions of the probes' 5-fold CV (default {PROBE_REPEATS}, "
+                             "1 with --quick)")
     args = parser.parse_args(argv)
     subjects = args.subjects or (20 if args.quick else 80)
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     overrides = {**(QUICK_OVERRIDES if args.quick else {}), **dict(map(parse_setting, args.set))}
     cohort = dict(map(parse_setting, args.cohort))
+    repeats = args.repeats or (1 if args.quick else PROBE_REPEATS)
 
     runs = []
     for seed in seeds:
-        runs.append(run_seed(seed, subjects, overrides, args.checkpoints, cohort))
+        runs.append(run_seed(seed, subjects, overrides, args.checkpoints, cohort, repeats))
         print(json.dumps(runs[-1], indent=1, default=float), flush=True)
     summary = summarise(runs)
     command = "python benchmarks/bench_model_quality.py" + " ".join(
@@ -103,8 +111,10 @@ def main(argv=None):
         + ([f"--name {args.name}"] if args.name else [])
         + ([f"--subjects {args.subjects}"] if args.subjects else [])
         + ([f"--seeds {' '.join(map(str, args.seeds))}"] if args.seeds else [])
-        + ([f"--checkpoints {args.checkpoints}"] if args.checkpoints else []))
+        + ([f"--checkpoints {args.checkpoints}"] if args.checkpoints else [])
+        + ([f"--repeats {args.repeats}"] if args.repeats else []))
     result = {"command": command, "subjects": subjects, "overrides": overrides, "cohort": cohort,
+              "probe_repeats": repeats,
               "runs": runs,
               "summary": summary, "load_average_at_end": os.getloadavg(),
               "machine": {"python": platform.python_version(), "torch": torch.__version__,
@@ -132,7 +142,7 @@ def parse_setting(text):
         return key, value
 
 
-def run_seed(seed, n_subjects, overrides, checkpoint_root=None, cohort_settings=None):
+def run_seed(seed, n_subjects, overrides, checkpoint_root=None, cohort_settings=None, repeats=1):
     cohort = make_synthetic_cohort(n_subjects, shape=DEMO_SHAPE, random_state=seed,
                                    **(cohort_settings or {}))
     frame, images = cohort.frame, cohort.images
@@ -167,7 +177,8 @@ def run_seed(seed, n_subjects, overrides, checkpoint_root=None, cohort_settings=
     generative = {"manipulation": manipulation_growth(model, images, frame, held_out,
                                                       embeddings["LDAE"], voxel_ml),
                   "interpolation": interpolation_quality(model, images, frame, held_out)}
-    probes = probe_embeddings(embeddings, frame, voxels=images, random_state=seed)
+    probes = probe_embeddings(embeddings, frame, voxels=images, n_repeats=repeats,
+                              random_state=seed)
     factors = {name: factor_r2(features, frame)
                for name, features in {**embeddings, PCA: images.reshape(len(images), -1)}.items()}
     return {
@@ -182,6 +193,10 @@ def run_seed(seed, n_subjects, overrides, checkpoint_root=None, cohort_settings=
                     for features in ("LDAE", UNTRAINED, PCA)},
         "age_mae": {features: mean_score(probes.age, features, "mae")
                     for features in ("LDAE", UNTRAINED, PCA)},
+        "probe_repeat_sd": {
+            f"{metric} LDAE − {other}": difference_sd(study, "LDAE", other, metric)
+            for metric, study in (("roc_auc", probes.diagnosis), ("mae", probes.age))
+            for other in (UNTRAINED, PCA)},
         "factor_r2": factors,
         **generative,
         "fit_seconds": model.fit_seconds_, "load_average_before_fit": load_before,
@@ -258,6 +273,15 @@ def mean_score(study, features, metric):
     return float(scores.loc[scores.model == features, metric].abs().mean())
 
 
+def difference_sd(study, features, other, metric):
+    """SD over the CV's repetitions of the difference between two feature sets' mean
+    scores on the same folds: how far the single-split figure of a difference can move
+    with the draw of the folds (None for one repetition)."""
+    means = study.scores.groupby(["model", "repeat"])[metric].mean().abs()
+    difference = means[features] - means[other]
+    return float(difference.std(ddof=1)) if len(difference) > 1 else None
+
+
 def summarise(runs):
     """Mean and worst seed of each figure, and whether every seed meets each target."""
     def figures(run):
@@ -314,6 +338,17 @@ def summarise(runs):
     return {"figures": summary, "targets_met_on_every_seed": met}
 
 
+def precision_lines(runs):
+    """The SD of each probe difference over the CV's repetitions, as a table."""
+    if not runs[0].get("probe_repeat_sd") or None in runs[0]["probe_repeat_sd"].values():
+        return []
+    rows = [{"seed": run["seed"], **{name: round(sd, 4) for name, sd in run["probe_repeat_sd"].items()}}
+            for run in runs]
+    return ["SD over the repetitions of each difference of mean scores on the same folds "
+            "(the figures above average the repetitions):", "",
+            markdown_table(pd.DataFrame(rows)), ""]
+
+
 def render(result):
     runs, summary = result["runs"], result["summary"]
     rows = []
@@ -344,8 +379,10 @@ def render(result):
         f"# Model quality over {len(runs)} seed(s) ({result['subjects']} subjects)", "",
         f"Command: `{result['command']}`; overrides {result['overrides'] or 'none'}; "
         f"cohort settings {result.get('cohort') or 'the defaults'}.", "",
-        "Per seed (AUC: AD vs CN ROC-AUC, MAE: age MAE in years; subject-grouped 5-fold CV):", "",
-        markdown_table(pd.DataFrame(rows)), "",
+        "Per seed (AUC: AD vs CN ROC-AUC, MAE: age MAE in years; subject-grouped 5-fold CV, "
+        f"repeated {result.get('probe_repeats', 1)} times with other folds, mean over all folds):",
+        "", markdown_table(pd.DataFrame(rows)), "",
+        *precision_lines(runs),
         "Mean and worst seed:", "",
         markdown_table(figures), "",
         "What each representation encodes: cross-validated R² of a ridge regression to the "
