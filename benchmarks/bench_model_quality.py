@@ -75,9 +75,9 @@ TARGETS = {"autoencoder_ssim": 0.95, "steering_ratio": 1.10, "manipulation_fract
            "interpolation_gap": 0.01}
 MANIPULATED_SCANS = 12
 FACTORS = ("hippocampus_volume", "ventricle_volume", "intracranial_volume", "age")
-# One draw of five folds over 80 subjects moves a difference of two probes' ROC-AUC by an SD
-# of 0.04-0.06 between draws (age MAE: 0.3-0.4 years), as much as the margins of point 3;
-# the mean over 20 draws by ~0.01 (stop 37, the seed-0..2 embeddings of the small preset).
+# One draw of five folds over 80 subjects moves the difference of two probes' ROC-AUC by an SD
+# of 0.036-0.054 between draws (age MAE: 0.15-0.44 years), as much as the margins of point 3;
+# the mean over 20 draws by ~0.01 (docs/benchmarks/model_quality_repeated-cv.md).
 PROBE_REPEATS = 20
 
 
@@ -344,8 +344,8 @@ def precision_lines(runs):
         return []
     rows = [{"seed": run["seed"], **{name: round(sd, 4) for name, sd in run["probe_repeat_sd"].items()}}
             for run in runs]
-    return ["SD over the repetitions of each difference of mean scores on the same folds "
-            "(the figures above average the repetitions):", "",
+    return ["SD between draws of the folds of each difference of mean scores on the same "
+            "folds (the figures above average the draws):", "",
             markdown_table(pd.DataFrame(rows)), ""]
 
 
@@ -380,7 +380,7 @@ def render(result):
         f"Command: `{result['command']}`; overrides {result['overrides'] or 'none'}; "
         f"cohort settings {result.get('cohort') or 'the defaults'}.", "",
         "Per seed (AUC: AD vs CN ROC-AUC, MAE: age MAE in years; subject-grouped 5-fold CV, "
-        f"repeated {result.get('probe_repeats', 1)} times with other folds, mean over all folds):",
+        f"mean over {result.get('probe_repeats', 1)} draw(s) of the folds):",
         "", markdown_table(pd.DataFrame(rows)), "",
         *precision_lines(runs),
         "Mean and worst seed:", "",
