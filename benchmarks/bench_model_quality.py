@@ -142,7 +142,8 @@ def parse_setting(text):
         return key, value
 
 
-def run_seed(seed, n_subjects, overrides, checkpoint_root=None, cohort_settings=None, repeats=1):
+def run_seed(seed, n_subjects, overrides, checkpoint_root=None, cohort_settings=None,
+             repeats=PROBE_REPEATS):
     cohort = make_synthetic_cohort(n_subjects, shape=DEMO_SHAPE, random_state=seed,
                                    **(cohort_settings or {}))
     frame, images = cohort.frame, cohort.images
@@ -174,9 +175,9 @@ def run_seed(seed, n_subjects, overrides, checkpoint_root=None, cohort_settings=
                                     ("held-out scans", held_out))}
 
     embeddings = {"LDAE": model.transform(images), UNTRAINED: control.transform(images)}
-    generative = {"manipulation": manipulation_growth(model, images, frame, held_out,
+    generative = {"manipulation": manipulation_growth(model, images, volumes, frame, held_out,
                                                       embeddings["LDAE"], voxel_ml),
-                  "interpolation": interpolation_quality(model, images, frame, held_out)}
+                  "interpolation": interpolation_quality(model, images, volumes, frame, held_out)}
     probes = probe_embeddings(embeddings, frame, voxels=images, n_repeats=repeats,
                               random_state=seed)
     factors = {name: factor_r2(features, frame)
@@ -204,14 +205,13 @@ def run_seed(seed, n_subjects, overrides, checkpoint_root=None, cohort_settings=
     }
 
 
-def manipulation_growth(model, images, frame, held_out, embeddings, voxel_ml):
+def manipulation_growth(model, images, volumes, frame, held_out, embeddings, voxel_ml):
     """Ventricle growth 0 -> +2 AD − CN gaps over the real AD − CN difference, along the
     AD-vs-CN probe's direction (the measure of ``bench_manipulation.py``) and along the
     difference of the AD and CN mean embeddings (there 2 gaps move a code by twice the
     whole AD − CN difference, not only its projection on the probe's direction)."""
     mask = ventricle_mask(DEMO_SHAPE)
-    dataset = as_volume_dataset(images, model.preprocessing_)
-    real = ventricle_volume(np.stack([dataset[i] for i in range(len(dataset))]), mask, voxel_ml)
+    real = ventricle_volume(volumes, mask, voxel_ml)
     diagnosis = frame["diagnosis"].to_numpy()
     is_ad, is_cn = diagnosis == "AD", diagnosis == "CN"
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
@@ -235,16 +235,14 @@ def manipulation_growth(model, images, frame, held_out, embeddings, voxel_ml):
     return result
 
 
-def interpolation_quality(model, images, frame, held_out):
+def interpolation_quality(model, images, volumes, frame, held_out):
     """SSIM of interpolated middle visits and of the autoencoder's reconstruction of them."""
     result = impute_missing_visits(model, images[held_out],
                                    frame.iloc[held_out].reset_index(drop=True), steps=20)
     scores = result.scores[result.scores.reference == "scan"]
     ldae = scores[scores.method == "LDAE"]
-    middle = images[held_out][ldae["scan_mid"].to_numpy()]
-    dataset = as_volume_dataset(middle, model.preprocessing_)
-    autoencoder = ssim(autoencoder_reconstruction(model, middle),
-                       np.stack([dataset[i] for i in range(len(dataset))]))
+    middle = held_out[ldae["scan_mid"].to_numpy()]
+    autoencoder = ssim(autoencoder_reconstruction(model, images[middle]), volumes[middle])
     return {"triplets": len(ldae), "ldae_ssim": float(ldae["ssim"].mean()),
             "autoencoder_ssim_of_middle_visit": float(autoencoder.mean())}
 
