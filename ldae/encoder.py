@@ -89,6 +89,10 @@ class LDAEEncoder(DocumentationLinkMixin, GenerativeMixin, ClassNamePrefixFeatur
         Fraction of the stage-3 epochs, at their start, during which the semantic
         encoder keeps its initial weights and only the gradient estimator trains,
         learning to read the code before the encoder starts following its gradient.
+    encoder_input_noise : float, optional
+        SD of the Gaussian noise added to what the semantic encoder reads in each
+        stage-3 training step (the scaled latent, SD about 1, for the "latent"
+        encoder); 0 (the paper) adds none. Not applied by ``transform``.
     ae_template : bool, optional
         True: stage 1 codes each scan's deviation from the mean training scan (kept
         with the weights), so the latent spends its values on what differs between
@@ -202,6 +206,7 @@ class LDAEEncoder(DocumentationLinkMixin, GenerativeMixin, ClassNamePrefixFeatur
         code_decorrelation=None,
         code_timesteps=None,
         encoder_warmup_fraction=None,
+        encoder_input_noise=None,
         ae_template=None,
         lr_schedule=None,
         ae_channels=None,
@@ -236,6 +241,7 @@ class LDAEEncoder(DocumentationLinkMixin, GenerativeMixin, ClassNamePrefixFeatur
         self.code_decorrelation = code_decorrelation
         self.code_timesteps = code_timesteps
         self.encoder_warmup_fraction = encoder_warmup_fraction
+        self.encoder_input_noise = encoder_input_noise
         self.ae_template = ae_template
         self.lr_schedule = lr_schedule
         self.ae_channels = ae_channels
@@ -695,6 +701,7 @@ class LDAEEncoder(DocumentationLinkMixin, GenerativeMixin, ClassNamePrefixFeatur
             code_decorrelation=self.code_decorrelation,
             code_timesteps=self.code_timesteps,
             encoder_warmup_fraction=self.encoder_warmup_fraction,
+            encoder_input_noise=self.encoder_input_noise,
             ae_template=self.ae_template,
             lr_schedule=self.lr_schedule,
             ae_channels=self.ae_channels,
@@ -779,7 +786,7 @@ def _check_weights_match(config, weights, path):
 _INFERENCE_SETTINGS = ("ddim_steps",)
 _REPRESENTATION_SETTINGS = ("semantic_encoder", "encoder_channels", "embedding_dim",
                             "code_decorrelation", "code_timesteps", "encoder_warmup_fraction",
-                            "representation_epochs", "representation_lr")
+                            "encoder_input_noise", "representation_epochs", "representation_lr")
 _DIFFUSION_SETTINGS = ("unet_channels", "unet_res_blocks", "unet_attention", "unet_head_channels",
                        "unet_norm_groups", "diffusion_epochs", "diffusion_lr", "ema_decay")
 _LATER_STAGE_SETTINGS = {"autoencoder": _DIFFUSION_SETTINGS + _REPRESENTATION_SETTINGS,

@@ -22,7 +22,8 @@ resampled into it (:func:`ldae.imaging.grid.grid_affine`, :class:`ldae.imaging.P
 Beyond the paper, ``tiny`` and ``small`` train a stage 1 that codes each scan's
 deviation from the mean training scan (``ae_template``) and decay every learning rate
 on a cosine (``lr_schedule``); ``small`` also holds the semantic encoder at its initial weights for the first quarter
-of stage 3 (``encoder_warmup_fraction``). Their effect is measured by
+of stage 3 (``encoder_warmup_fraction``) and adds noise of SD 0.25 to the latent its
+encoder reads in training (``encoder_input_noise``). Their effect is measured by
 ``benchmarks/bench_model_quality.py`` (docs/benchmarks.md).
 """
 
@@ -62,6 +63,7 @@ class ModelConfig:
     code_decorrelation: float = 0.0
     code_timesteps: int = 1000
     encoder_warmup_fraction: float = 0.0
+    encoder_input_noise: float = 0.0
     # training
     ae_epochs: int = 3
     diffusion_epochs: int = 5
@@ -104,6 +106,7 @@ PRESETS = {
         ae_channels=(16, 32, 32),
         latent_channels=8,
         encoder_warmup_fraction=0.25,
+        encoder_input_noise=0.25,
         unet_channels=(64, 128),
         encoder_channels=(64, 128),
         embedding_dim=64,
@@ -245,6 +248,9 @@ def _validate(config):
             and 0 <= config.encoder_warmup_fraction <= 1):
         raise InputError(
             f"encoder_warmup_fraction={config.encoder_warmup_fraction} must be between 0 and 1")
+    if not (isinstance(config.encoder_input_noise, Real) and 0 <= config.encoder_input_noise < inf):
+        raise InputError(f"encoder_input_noise={config.encoder_input_noise!r} must be a "
+                         "non-negative number (an SD in the units of the encoder's input)")
     if not (isinstance(config.code_timesteps, int) and 1 <= config.code_timesteps <= 1000):
         raise InputError(f"code_timesteps={config.code_timesteps!r} must be an integer from 1 "
                          "to the 1000 training timesteps")

@@ -255,6 +255,24 @@ def test_encoder_warmup_trains_only_the_estimator_in_its_epochs(unet):
     assert not unchanged(encoder_after_warmup, encoder.parameters())
 
 
+def test_encoder_input_noise_perturbs_what_the_encoder_reads_in_training_steps_only(unet):
+    config = replace(resolve_config("tiny"), encoder_input_noise=0.5)
+    encoder = LatentSemanticEncoder(channels=(16, 32), embedding_dim=16)
+    read = []
+    encoder.register_forward_pre_hook(lambda module, inputs: read.append(inputs[0].detach().clone()))
+    stage = representation_stage(unet, GradientEstimator(unet, embedding_dim=16), encoder,
+                                 NoiseSchedule(), config, torch.device("cpu"), None)
+    z0 = latents(64, seed=1)
+    stage.step((z0,), torch.Generator().manual_seed(0))
+    noise = read.pop() - z0
+    assert noise.std().item() == pytest.approx(0.5, rel=0.02) and abs(noise.mean().item()) < 0.01
+    stage.evaluate((z0,), torch.Generator().manual_seed(0))
+    assert all(torch.equal(inputs, z0) for inputs in read)  # validation reads the clean latent
+    with pytest.raises(InputError, match="encoder_input_noise=-0.1 must be a non-negative number"):
+        resolve_config("small", encoder_input_noise=-0.1)
+    assert resolve_config("paper").encoder_input_noise == 0  # the paper's objective
+
+
 def test_cosine_schedule_warms_up_decays_to_zero_and_holds_late_groups():
     parameters = [torch.nn.Parameter(torch.zeros(1)) for _ in range(2)]
     optimizer = torch.optim.SGD([{"params": parameters[:1]}, {"params": parameters[1:]}], lr=1.0)

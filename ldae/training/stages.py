@@ -9,7 +9,7 @@
 import torch
 
 from ..autoencoder.loss import AdversarialTerm, autoencoder_loss
-from ..diffusion.loss import diffusion_loss
+from ..diffusion.loss import diffusion_loss, standard_normal_like
 from ..representation.pdae import pdae_loss
 from .device import autocast
 from .ema import stage_averages
@@ -104,7 +104,7 @@ def diffusion_stage(unet, schedule, config, device, dtype, *, steps_per_epoch=1)
 
     def step(batch, generator):
         unet.train()
-        loss = loss_of(batch, generator)
+        loss = loss_of(batch, generator, input_noise=config.encoder_input_noise)
         optimisation_step(loss, optimizer, unet.parameters(), averages=[(averages["unet"], unet)])
         scheduler.step()
         return loss.item()
@@ -128,6 +128,11 @@ def representation_stage(unet, estimator, semantic_encoder, schedule, config, de
     code-independent correction of the frozen denoiser and never comes to read the
     still-changing code; against a fixed code it does. A zero learning rate keeps the
     encoder's graph, so every process of a data-parallel fit averages the same gradients.
+
+    In training steps the encoder reads its input plus Gaussian noise of SD
+    ``config.encoder_input_noise`` (the target latent stays clean): a code that G_ψ can
+    use only if it survives the noise carries the scan's anatomy rather than details
+    that let G_ψ memorise each training scan.
     """
     unet.requires_grad_(False).eval()
     encoder_parameters, estimator_parameters = (list(semantic_encoder.parameters()),
@@ -142,9 +147,12 @@ def representation_stage(unet, estimator, semantic_encoder, schedule, config, de
     averages = stage_averages(config.representation_epochs, config.ema_decay,
                               semantic_encoder=semantic_encoder, estimator=estimator)
 
-    def loss_of(batch, generator, encoder=semantic_encoder):
+    def loss_of(batch, generator, encoder=semantic_encoder, input_noise=0.0):
         z0 = batch[0].to(device)
         encoder_input = z0 if len(batch) == 1 else as_volume_batch(batch[1], device)
+        if input_noise:
+            encoder_input = encoder_input + input_noise * standard_normal_like(
+                encoder_input, generator=generator)
         with autocast(device, dtype):
             return pdae_loss(unet, estimator, encoder, z0, encoder_input, schedule,
                              decorrelation=config.code_decorrelation,
@@ -153,7 +161,7 @@ def representation_stage(unet, estimator, semantic_encoder, schedule, config, de
     def step(batch, generator):
         semantic_encoder.train()
         estimator.train()
-        loss = loss_of(batch, generator)
+        loss = loss_of(batch, generator, input_noise=config.encoder_input_noise)
         optimisation_step(loss, optimizer, parameters,
                           averages=[(averages["semantic_encoder"], semantic_encoder),
                                     (averages["estimator"], estimator)])
