@@ -22,8 +22,7 @@ resampled into it (:func:`ldae.imaging.grid.grid_affine`, :class:`ldae.imaging.P
 Beyond the paper, ``tiny`` and ``small`` train a stage 1 that codes each scan's
 deviation from the mean training scan (``ae_template``) and decay every learning rate
 on a cosine (``lr_schedule``); ``small`` also holds the semantic encoder at its initial weights for the first quarter
-of stage 3 (``encoder_warmup_fraction``) and adds noise of SD 0.25 to the latent its
-encoder reads in training (``encoder_input_noise``). Their effect is measured by
+of stage 3 (``encoder_warmup_fraction``). Their effect is measured by
 ``benchmarks/bench_model_quality.py`` (docs/benchmarks.md).
 """
 
@@ -106,7 +105,6 @@ PRESETS = {
         ae_channels=(16, 32, 32),
         latent_channels=8,
         encoder_warmup_fraction=0.25,
-        encoder_input_noise=0.25,
         unet_channels=(64, 128),
         encoder_channels=(64, 128),
         embedding_dim=64,

@@ -104,7 +104,7 @@ def diffusion_stage(unet, schedule, config, device, dtype, *, steps_per_epoch=1)
 
     def step(batch, generator):
         unet.train()
-        loss = loss_of(batch, generator, input_noise=config.encoder_input_noise)
+        loss = loss_of(batch, generator)
         optimisation_step(loss, optimizer, unet.parameters(), averages=[(averages["unet"], unet)])
         scheduler.step()
         return loss.item()
