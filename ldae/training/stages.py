@@ -130,9 +130,8 @@ def representation_stage(unet, estimator, semantic_encoder, schedule, config, de
     encoder's graph, so every process of a data-parallel fit averages the same gradients.
 
     In training steps the encoder reads its input plus Gaussian noise of SD
-    ``config.encoder_input_noise`` (the target latent stays clean): a code that G_ψ can
-    use only if it survives the noise carries the scan's anatomy rather than details
-    that let G_ψ memorise each training scan.
+    ``config.encoder_input_noise`` (the target latent stays clean), an ablation against
+    a code that steers the denoiser on training scans far more than on held-out ones.
     """
     unet.requires_grad_(False).eval()
     encoder_parameters, estimator_parameters = (list(semantic_encoder.parameters()),
